@@ -1,0 +1,119 @@
+"""The official MedMNIST metrics (identical to `medmnist.evaluator.getAUC/getACC`), plus the
+per-class report, confusion matrix and bootstrap confidence intervals the leaderboard needs.
+
+Scores are probabilities (softmax for single-label tasks, sigmoid for multi-label), one row per
+sample in the split's order. Labels are the raw MedMNIST label array (N, 1) or (N, L).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix as _sk_confusion
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+MULTI_LABEL = "multi-label, binary-class"
+BINARY = "binary-class"
+
+
+def _prepare(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
+
+
+def auc_score(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
+    """Official AUC: class-1 score for binary, mean one-vs-rest for multi-class/ordinal,
+    mean per-label AUC for multi-label."""
+    y_true, y_score = _prepare(y_true, y_score)
+    if task == MULTI_LABEL:
+        return float(np.mean([roc_auc_score(y_true[:, i], y_score[:, i])
+                              for i in range(y_score.shape[1])]))
+    if task == BINARY:
+        if y_score.ndim == 2:
+            y_score = y_score[:, -1]
+        return float(roc_auc_score(y_true, y_score))
+    aucs = [roc_auc_score((y_true == i).astype(float), y_score[:, i])
+            for i in range(y_score.shape[1])]
+    return float(np.mean(aucs))
+
+
+def acc_score(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = 0.5) -> float:
+    """Official ACC: strict `> 0.5` on probabilities for binary and multi-label, else argmax."""
+    y_true, y_score = _prepare(y_true, y_score)
+    if task == MULTI_LABEL:
+        return float(np.mean([np.mean(y_true[:, i] == (y_score[:, i] > threshold))
+                              for i in range(y_true.shape[1])]))
+    if task == BINARY:
+        if y_score.ndim == 2:
+            y_score = y_score[:, -1]
+        return float(np.mean(y_true == (y_score > threshold)))
+    return float(np.mean(y_true == np.argmax(y_score, axis=-1)))
+
+
+def evaluate(y_true: np.ndarray, y_score: np.ndarray, task: str) -> dict[str, float]:
+    return {"auc": auc_score(y_true, y_score, task), "acc": acc_score(y_true, y_score, task)}
+
+
+def predicted_labels(y_score: np.ndarray, task: str) -> np.ndarray:
+    """Hard predictions with the same decision rule as `acc_score`."""
+    y_score = np.asarray(y_score)
+    if task == MULTI_LABEL:
+        return (y_score > 0.5).astype(int)
+    if task == BINARY and y_score.ndim == 2:
+        return (y_score[:, -1] > 0.5).astype(int)
+    return np.argmax(y_score, axis=-1)
+
+
+def class_report(y_true: np.ndarray, y_score: np.ndarray, task: str,
+                 labels: dict[str, str] | None = None) -> list[dict]:
+    """Per-class (per-label for multi-label) precision, recall, F1 and support."""
+    pred = predicted_labels(y_score, task)
+    y = np.asarray(y_true)
+    if task == MULTI_LABEL:
+        p, r, f, s = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+        n = y.shape[1]
+    else:
+        n = y_score.shape[1] if np.ndim(y_score) == 2 and task != BINARY else 2
+        if task == BINARY:
+            n = 2
+        p, r, f, s = precision_recall_fscore_support(y.reshape(-1), pred, labels=list(range(n)),
+                                                     average=None, zero_division=0)
+    names = labels or {}
+    return [{"class": i, "name": names.get(str(i), str(i)), "precision": float(p[i]),
+             "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i in range(n)]
+
+
+def confusion(y_true: np.ndarray, y_score: np.ndarray, task: str, n_classes: int) -> np.ndarray:
+    """Confusion matrix (rows true, columns predicted). Multi-label: (L, 2, 2), one per label."""
+    pred = predicted_labels(y_score, task)
+    if task == MULTI_LABEL:
+        y = np.asarray(y_true)
+        return np.stack([_sk_confusion(y[:, i], pred[:, i], labels=[0, 1])
+                         for i in range(y.shape[1])])
+    return _sk_confusion(np.asarray(y_true).reshape(-1), pred, labels=list(range(n_classes)))
+
+
+def bootstrap_ci(y_true: np.ndarray, scores: list[np.ndarray] | np.ndarray, task: str,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple]:
+    """Percentile bootstrap CI of the seed-mean ACC and AUC.
+
+    `scores` is one score array per seed (or a single array). Each replicate resamples the test
+    images *and* the seeds with replacement, so the interval covers both the finite test set and
+    run-to-run variation -- the two reasons a single number can mislead.
+    """
+    runs = [np.asarray(s) for s in (scores if isinstance(scores, list) else [scores])]
+    y = np.asarray(y_true)
+    n = y.shape[0]
+    rng = np.random.default_rng(seed)
+    stats: dict[str, list[float]] = {"acc": [], "auc": []}
+    attempts = 0
+    while len(stats["acc"]) < n_boot and attempts < n_boot * 3:
+        attempts += 1
+        idx = rng.integers(0, n, n)
+        picks = rng.integers(0, len(runs), len(runs))
+        try:
+            vals = [evaluate(y[idx], runs[k][idx], task) for k in picks]
+        except ValueError:  # a resample with one class has no AUC; draw again
+            continue
+        stats["acc"].append(float(np.mean([v["acc"] for v in vals])))
+        stats["auc"].append(float(np.mean([v["auc"] for v in vals])))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in stats.items()}

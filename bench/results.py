@@ -1,0 +1,100 @@
+"""The on-disk result schema, and the only code that writes it (atomically).
+
+A run directory (``runs/<name>/``) is self-describing:
+
+    spec.yaml            the resolved experiment spec
+    meta.json            package version, git commit, hardware, start/end, wall seconds
+    trials.parquet       one row per search trial   (TRIAL_COLUMNS)
+    final.parquet        one row per final seeded run (FINAL_COLUMNS)
+    final/<dataset>/<family>/seed<k>/   one training-run directory per final run:
+        config.yaml, history.csv, metrics.json, model.pt and the prediction CSVs in MedMNIST's
+        naming ``{flag}[_{size}]_{split}_[AUC]{auc:.3f}_[ACC]{acc:.3f}@{run}.csv``
+    wandb/               offline W&B runs (when tracking is on)
+
+Columns hold JSON strings for nested values (config, history) so the tables stay flat for
+pandas/parquet. A single `medbench train` writes just the training-run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIAL_COLUMNS = [
+    "dataset", "family", "trial_id", "status", "error", "config", "history",
+    "best_val_auc", "best_val_acc", "best_epoch", "epochs_run", "wall_s", "device_s",
+]
+FINAL_COLUMNS = [
+    "dataset", "family", "seed", "size", "config", "history",
+    "val_auc", "val_acc", "test_auc", "test_acc", "best_epoch", "epochs_run",
+    "wall_s", "device_s", "train_images_per_s", "run_dir", "status", "error",
+]
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write to a temp file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return _atomic(path, lambda p: p.write_text(text))
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_yaml(path: Path, obj: Any) -> Path:
+    import yaml
+
+    return write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def write_csv(path: Path, df: pd.DataFrame, **kw) -> Path:
+    return _atomic(path, lambda p: df.to_csv(p, **kw))
+
+
+def write_table(path: Path, rows: Iterable[dict], columns: list[str]) -> Path:
+    """Rows -> parquet with a fixed column order; dict/list cells become JSON strings."""
+    records = []
+    for r in rows:
+        rec = {c: r.get(c) for c in columns}
+        for k, v in rec.items():
+            if isinstance(v, dict | list):
+                rec[k] = json.dumps(v, default=str)
+        records.append(rec)
+    df = pd.DataFrame.from_records(records, columns=columns)
+    return _atomic(path, lambda p: df.to_parquet(p, index=False))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def prediction_filename(flag: str, size: int, split: str, auc: float, acc: float, run: str) -> str:
+    """MedMNIST's standard evaluation file name, re-scorable by `medmnist.Evaluator`."""
+    size_flag = "" if size == 28 else f"_{size}"
+    return f"{flag}{size_flag}_{split}_[AUC]{auc:.3f}_[ACC]{acc:.3f}@{run}.csv"
+
+
+def write_predictions(folder: Path, flag: str, size: int, split: str, scores, auc: float,
+                      acc: float, run: str) -> Path:
+    """Scores (N, K) as MedMNIST writes them: index column, no header."""
+    path = Path(folder) / prediction_filename(flag, size, split, auc, acc, run)
+    return write_csv(path, pd.DataFrame(scores), header=False)
