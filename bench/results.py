@@ -98,3 +98,46 @@ def write_predictions(folder: Path, flag: str, size: int, split: str, scores, au
     """Scores (N, K) as MedMNIST writes them: index column, no header."""
     path = Path(folder) / prediction_filename(flag, size, split, auc, acc, run)
     return write_csv(path, pd.DataFrame(scores), header=False)
+
+
+def ensure_fresh_dir(path: Path) -> None:
+    """Refuse to write over an existing run: a user's results are never overwritten."""
+    from bench.errors import UserError
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{path} already holds a run (or is a file); choose another --out, "
+                        "or delete it first if you really mean to replace it.")
+
+
+def write_training_run(out: Path, config: dict, info, size: int, result, run: str) -> Path:
+    """One training run's directory, built in a temp folder and renamed into place whole:
+    config.yaml, history.csv, metrics.json, scores.npz, model.pt, MedMNIST prediction CSVs."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    out = Path(out)
+    ensure_fresh_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_yaml(tmp / "config.yaml", config)
+        write_csv(tmp / "history.csv", pd.DataFrame(result.history), index=False)
+        write_json(tmp / "metrics.json", {**result.summary(), "dataset": info.flag, "size": size,
+                                          "task": info.task, "run": run})
+        np.savez(tmp / "scores.npz", val_scores=result.val_scores, test_scores=result.test_scores,
+                 val_labels=result.val_labels, test_labels=result.test_labels)
+        torch.save({"config": config, "state_dict": result.best_state}, tmp / "model.pt")
+        for split in ("val", "test"):
+            m = getattr(result, split)
+            write_predictions(tmp, info.flag, size, split, getattr(result, f"{split}_scores"),
+                              m["auc"], m["acc"], run)
+        if out.exists():
+            out.rmdir()  # empty (ensure_fresh_dir checked)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,187 @@
+"""`medbench`: thin Typer commands that parse, call one library function each, and print.
+
+User mistakes raise `UserError`; `main` prints its message (no traceback) and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bench.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyperparameter search and honest benchmarking on MedMNIST.")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="folder of MedMNIST .npz files "
+                                              "(default: $MEDMNIST_DATA, else ~/.medmnist)")]
+NoVerify = Annotated[bool, typer.Option("--no-verify", help="skip the md5 check (synthetic data)")]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a user's file, or one clear error."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; give the path of a YAML file")
+    try:
+        obj = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({e}); fix the syntax") from e
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} must hold a mapping of option: value, not {type(obj).__name__}")
+    return obj
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values parsed as YAML scalars (numbers, booleans)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set width=2")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def train(
+    dataset: Annotated[str | None, typer.Option(help="MedMNIST flag, e.g. breastmnist")] = None,
+    model: Annotated[str | None, typer.Option(help="model family (see `medbench models`)")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd | adam | adamw | nadam")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="multistep | cosine | onecycle | "
+                                                  "constant")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    size: Annotated[int | None, typer.Option(help="image size: 28, 64, 128, 224")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    preset: Annotated[str | None, typer.Option(help="named preset, e.g. official")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of training options")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="extra key=value "
+                                                   "(model hyperparameters too)")] = None,
+    data_dir: DataDir = None,
+    no_verify: NoVerify = False,
+    out: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+) -> None:
+    """Train one model on one dataset and write a run directory."""
+    from bench.data import load_dataset
+    from bench.results import ensure_fresh_dir, write_training_run
+    from bench.train import TrainConfig, fit, resolve_device
+
+    cfg: dict[str, Any] = {"preset": preset} if preset else {}
+    if config:
+        cfg.update(load_yaml(config))
+    flags = {"dataset": dataset, "model": model, "epochs": epochs, "lr": lr,
+             "optimizer": optimizer, "scheduler": scheduler, "batch_size": batch_size,
+             "weight_decay": weight_decay, "seed": seed, "size": size, "device": device}
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    cfg.update(parse_sets(set_ or []))
+    conf = TrainConfig.from_dict(cfg)
+    name = f"{conf.dataset}-{conf.model}-s{conf.seed}"
+    out = out or Path("runs") / f"train-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ensure_fresh_dir(out)
+    data = load_dataset(conf.dataset, conf.size, data_dir, verify_md5=not no_verify,
+                        device=resolve_device(conf.device))
+    typer.echo(f"{conf.dataset} ({data.info.task}, {len(data.splits['train'])} train) | "
+               f"{conf.model} | {conf.optimizer} lr {conf.lr:g} | {conf.epochs} epochs | "
+               f"batch {conf.batch_size} | {data.device}")
+
+    def progress(r: dict[str, float]) -> None:
+        typer.echo(f"epoch {int(r['epoch']):>3}/{conf.epochs}  loss {r['train_loss']:.4f}  "
+                   f"val_auc {r['val_auc']:.4f}  val_acc {r['val_acc']:.4f}  "
+                   f"{r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s")
+
+    result = fit(conf, data, on_epoch=progress)
+    write_training_run(out, conf.to_dict(), data.info, conf.size, result, run=name)
+    typer.echo(f"best epoch {result.best_epoch} (by val AUC): val AUC {result.val['auc']:.4f} "
+               f"ACC {result.val['acc']:.4f} | test AUC {result.test['auc']:.4f} "
+               f"ACC {result.test['acc']:.4f} | {result.wall_s:.1f}s, "
+               f"{result.train_images_per_s:.0f} img/s | {out}")
+
+
+@app.command()
+def datasets(data_dir: DataDir = None,
+             size: Annotated[int, typer.Option(help="image size to check")] = 28) -> None:
+    """List every MedMNIST subset: task, classes, channels, split sizes, local file status."""
+    from bench.data import all_flags, data_root, dataset_info, file_status
+
+    typer.echo(f"data root: {data_root(data_dir)}")
+    typer.echo(f"{'flag':<16}{'dim':<5}{'task':<28}{'cls':>4}{'ch':>4}{'train':>8}{'val':>7}"
+               f"{'test':>7}  status")
+    for flag in all_flags():
+        i = dataset_info(flag)
+        status = file_status(flag, size, data_dir) if size in i.sizes else "no such size"
+        n = i.n_samples
+        typer.echo(f"{flag:<16}{i.dims}D{'':<3}{i.task:<28}{i.n_classes:>4}{i.n_channels:>4}"
+                   f"{n['train']:>8}{n['val']:>7}{n['test']:>7}  {status}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered model families and their hyperparameters."""
+    from bench.models import get_entry, list_models
+
+    for name in list_models():
+        e = get_entry(name)
+        hp = ", ".join(f"{k}={v!r}" for k, v in e.hparams().items())
+        typer.echo(f"{name:<14}{e.dims}D  {hp}")
+
+
+@app.command()
+def synth(
+    flags: Annotated[str, typer.Argument(help="comma-separated flags, or 'all'")],
+    out: Annotated[Path, typer.Option(help="folder to write <flag>.npz files into")],
+    size: int = 28,
+    n: Annotated[str, typer.Option(help="train,val,test sample counts")] = "96,32,48",
+    seed: int = 0,
+) -> None:
+    """Write synthetic files in the exact MedMNIST format (for tests and demos, not benchmarks)."""
+    from bench.data import all_flags, write_synthetic
+
+    names = all_flags() if flags == "all" else [f.strip() for f in flags.split(",") if f.strip()]
+    try:
+        counts = tuple(int(c) for c in n.split(","))
+        assert len(counts) == 3 and min(counts) > 0
+    except (ValueError, AssertionError):
+        raise UserError(f"--n {n!r}: expected three positive counts, e.g. 96,32,48") from None
+    for flag in names:
+        typer.echo(write_synthetic(flag, out, size, counts, seed))  # type: ignore[arg-type]
+
+
+@app.command()
+def perf(
+    quick: Annotated[bool, typer.Option(help="fewer repetitions (a smoke check)")] = False,
+    threads: Annotated[int, typer.Option(help="torch threads for both loops")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    data_dir: DataDir = None,
+    out: Annotated[Path | None, typer.Option(help="also write the results as JSON")] = None,
+) -> None:
+    """Benchmark our trainer against an official-style DataLoader loop, side by side."""
+    from bench.perf import run_perf
+
+    run_perf(quick=quick, threads=threads, device=device, data_dir=data_dir, out=out,
+             echo=typer.echo)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
