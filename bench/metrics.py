@@ -19,28 +19,36 @@ def _prepare(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
 
 
+def _mean(values) -> float:
+    """Left-to-right sum / n, as medmnist's evaluator averages. `np.mean` sums 8 or more
+    values pairwise, which can differ from the official number in the last digit."""
+    values = list(values)
+    total = 0
+    for v in values:
+        total += v
+    return float(total / len(values))
+
+
 def auc_score(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
     """Official AUC: class-1 score for binary, mean one-vs-rest for multi-class/ordinal,
     mean per-label AUC for multi-label."""
     y_true, y_score = _prepare(y_true, y_score)
     if task == MULTI_LABEL:
-        return float(np.mean([roc_auc_score(y_true[:, i], y_score[:, i])
-                              for i in range(y_score.shape[1])]))
+        return _mean(roc_auc_score(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1]))
     if task == BINARY:
         if y_score.ndim == 2:
             y_score = y_score[:, -1]
         return float(roc_auc_score(y_true, y_score))
-    aucs = [roc_auc_score((y_true == i).astype(float), y_score[:, i])
-            for i in range(y_score.shape[1])]
-    return float(np.mean(aucs))
+    return _mean(roc_auc_score((y_true == i).astype(float), y_score[:, i])
+                 for i in range(y_score.shape[1]))
 
 
 def acc_score(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = 0.5) -> float:
     """Official ACC: strict `> 0.5` on probabilities for binary and multi-label, else argmax."""
     y_true, y_score = _prepare(y_true, y_score)
     if task == MULTI_LABEL:
-        return float(np.mean([np.mean(y_true[:, i] == (y_score[:, i] > threshold))
-                              for i in range(y_true.shape[1])]))
+        return _mean(np.mean(y_true[:, i] == (y_score[:, i] > threshold))
+                     for i in range(y_true.shape[1]))
     if task == BINARY:
         if y_score.ndim == 2:
             y_score = y_score[:, -1]
