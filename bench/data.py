@@ -169,18 +169,21 @@ def download(flag: str, size: int, data_dir: str | Path | None = None, timeout: 
 
 def ensure_file(flag: str, size: int = 28, data_dir: str | Path | None = None,
                 allow_download: bool = True) -> Path:
+    """The file's path, downloading it when missing (unless allow_download=False or the
+    environment sets MEDBENCH_OFFLINE=1, e.g. on machines without internet and in tests)."""
     info = dataset_info(flag)
     check_size(info, size)
     path = npz_path(flag, size, data_dir)
     if path.exists():
         return path
-    if allow_download:
+    offline = os.environ.get("MEDBENCH_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    if allow_download and not offline:
         try:
             return download(flag, size, data_dir)
         except OSError as e:  # URLError is an OSError; so are timeouts and md5 failures
             reason = f"download failed ({e})"
     else:
-        reason = "downloads are off"
+        reason = "downloads are off" + (" (MEDBENCH_OFFLINE is set)" if offline else "")
     raise UserError(
         f"{path.name} not found in {path.parent} and {reason}. Put the official file there "
         f"(md5 {info.md5(size)}, from {info.url(size)}), or point --data-dir / MEDMNIST_DATA "
