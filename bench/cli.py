@@ -172,6 +172,79 @@ def perf(
              echo=typer.echo)
 
 
+SpecFile = Annotated[Path | None, typer.Option("--spec", help="experiment spec YAML")]
+
+
+def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None,
+                families: str | None, name: str | None, out: Path | None, storage: str | None,
+                address: str | None, data_dir: Path | None, wandb: bool, no_verify: bool,
+                num_samples: int | None, max_epochs: int | None, final_seeds: int | None,
+                searcher: str | None, final: bool) -> Path:
+    """Shared body of `search` and `run`: build the spec, then execute it into a run dir."""
+    from bench.experiment import execute, final_table
+    from bench.spaces import load_spec
+
+    spec = load_spec(spec_file, preset, datasets=datasets, families=families, name=name,
+                     num_samples=num_samples, max_epochs=max_epochs, final_seeds=final_seeds,
+                     searcher=searcher, verify_md5=False if no_verify else None)
+    run_dir = out or Path("runs") / spec.name
+    execute(spec, run_dir, storage=storage, address=address, data_dir=data_dir, wandb=wandb,
+            final=final, echo=typer.echo)
+    if final:
+        typer.echo(final_table(run_dir.resolve()))
+    typer.echo(f"run directory: {run_dir}")
+    return run_dir
+
+
+
+
+@app.command()
+def search(
+    spec_file: SpecFile = None,
+    preset: Annotated[str | None, typer.Option(help="smoke | quick | standard | full")] = None,
+    datasets: Annotated[str | None, typer.Option(help="comma-separated flags")] = None,
+    families: Annotated[str | None, typer.Option(help="comma-separated model families")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (same name = resume)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None,
+    storage: Annotated[str | None, typer.Option(help="Tune storage: path, s3:// or gs://")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None,
+    data_dir: DataDir = None,
+    wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="W&B logging "
+                                        "(offline unless WANDB_API_KEY is set)")] = True,
+    no_verify: NoVerify = False,
+    num_samples: Annotated[int | None, typer.Option(help="trials per experiment")] = None,
+    max_epochs: Annotated[int | None, typer.Option()] = None,
+    searcher: Annotated[str | None, typer.Option(help="random | optuna")] = None,
+) -> None:
+    """Only the Ray Tune search phase: one Tuner per (dataset, family)."""
+    _experiment(spec_file, preset, datasets, families, name, out, storage, address, data_dir,
+                wandb, no_verify, num_samples, max_epochs, None, searcher, final=False)
+
+
+@app.command()
+def run(
+    spec_file: SpecFile = None,
+    preset: Annotated[str | None, typer.Option(help="smoke | quick | standard | full")] = None,
+    datasets: Annotated[str | None, typer.Option(help="comma-separated flags")] = None,
+    families: Annotated[str | None, typer.Option(help="comma-separated model families")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (same name = resume)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None,
+    storage: Annotated[str | None, typer.Option(help="Tune storage: path, s3:// or gs://")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None,
+    data_dir: DataDir = None,
+    wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="W&B logging "
+                                        "(offline unless WANDB_API_KEY is set)")] = True,
+    no_verify: NoVerify = False,
+    num_samples: Annotated[int | None, typer.Option(help="trials per experiment")] = None,
+    max_epochs: Annotated[int | None, typer.Option()] = None,
+    final_seeds: Annotated[int | None, typer.Option(help="fresh seeds per best config")] = None,
+    searcher: Annotated[str | None, typer.Option(help="random | optuna")] = None,
+) -> None:
+    """The main job: search -> final seeded runs -> results table."""
+    _experiment(spec_file, preset, datasets, families, name, out, storage, address, data_dir,
+                wandb, no_verify, num_samples, max_epochs, final_seeds, searcher, final=True)
+
+
 def main() -> None:
     try:
         app()

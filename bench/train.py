@@ -161,7 +161,10 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: in
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def make_loss(cfg: TrainConfig, data: MedData) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_loss(cfg: TrainConfig, data: MedData) -> LossFn:
     """Cross-entropy, or BCE-with-logits for multi-label; optional class weights for imbalance."""
     y = data.splits["train"].labels
     if data.info.multi_label:

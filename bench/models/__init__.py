@@ -1,7 +1,8 @@
 """Model registry in the style of timm: `@register_model` on a constructor, one `create_model`.
 
 Every constructor takes (in_channels, n_classes, image_size, **hp) and returns an nn.Module
-mapping a float batch (N, C, H, W) -- or (N, C, D, H, W) for 3D families -- to logits (N, n_classes).
+mapping a float batch (N, C, H, W) -- or (N, C, D, H, W) for 3D families -- to logits
+(N, n_classes).
 Adding a family = one file here + one YAML search space; nothing else changes.
 """
 
@@ -25,13 +26,15 @@ class ModelEntry:
     def hparams(self) -> dict[str, object]:
         """The family's own hyperparameters and their defaults (everything after image_size)."""
         params = list(inspect.signature(self.fn).parameters.values())[3:]
-        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
+        return {p.name: p.default for p in params
+                if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, dims: int = 2):
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
+                   dims: int = 2):
     """Decorator: register a constructor under its function name (or `name`)."""
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

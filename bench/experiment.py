@@ -1,0 +1,130 @@
+"""A whole experiment's run directory: create or resume it, run the search (and final phase),
+write the tables and meta.json. `medbench search` and `medbench run` both go through `execute`.
+
+Re-running the same command with the same --name resumes: the run directory's spec.yaml must
+equal the new spec (else a clear error and nothing is touched), and each Tuner is restored.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import bench
+from bench.errors import UserError
+from bench.results import FINAL_COLUMNS, TRIAL_COLUMNS, write_json, write_table, write_yaml
+from bench.spaces import Spec
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "gpu_count": len(gpus),
+            "gpu_models": sorted(set(gpus)), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def cluster_resources() -> dict[str, float]:
+    import ray
+
+    return {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
+
+
+def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
+    """Create a fresh run directory, or accept an existing one of the same spec (resume).
+    Returns True when resuming. Never modifies a directory that holds something else."""
+    spec_file = run_dir / "spec.yaml"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not spec_file.exists():
+            raise UserError(f"{run_dir} exists and is not a medbench run directory; choose "
+                            "another --name/--out")
+        old = yaml.safe_load(spec_file.read_text())
+        if old != spec.to_dict():
+            raise UserError(f"{run_dir} holds a run of a different spec; resume it with the "
+                            "same options, or choose another --name")
+        return True
+    write_yaml(spec_file, spec.to_dict())
+    return False
+
+
+def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: str | None = None,
+            data_dir: str | Path | None = None, wandb: bool = True, final: bool = True,
+            num_cpus: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search (+ final phase) into run_dir; returns meta. Bad input fails before Ray starts."""
+    from bench.data import load_arrays
+    from bench.search import init_ray, search
+    from bench.tracking import Tracker
+
+    run_dir = Path(run_dir).resolve()
+    if storage and "://" not in storage:
+        storage = str(Path(storage).resolve() / spec.name)
+    elif storage:
+        storage = storage.rstrip("/") + "/" + spec.name
+    else:
+        storage = str(run_dir / "tune")
+    for flag in spec.datasets:  # fail on a missing/corrupt file before creating anything
+        load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
+    if address:
+        init_ray(address)  # an unreachable cluster is reported before the run dir is made
+    resumed = prepare_run_dir(run_dir, spec)
+    echo(f"{'resuming' if resumed else 'starting'} {spec.name}: {len(spec.pairs())} experiments "
+         f"({', '.join(spec.datasets)} x {', '.join(spec.families)}), {spec.num_samples} "
+         f"trials each -> {run_dir}")
+    init_ray(address, num_cpus)
+    tracker = Tracker.from_env(wandb, spec.project, run_dir)
+    t0 = time.time()
+    trials, finals = search(spec, run_dir, storage, data_dir, tracker, echo, final=final)
+    write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
+    if final:
+        write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
+    meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
+            "hardware": hardware(), "cluster": cluster_resources(), "storage": storage,
+            "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "wall_s": time.time() - t0, "n_trials": len(trials),
+            "n_failed_trials": sum(t["status"] == "failed" for t in trials),
+            "n_final_runs": len(finals), "wandb_mode": tracker.mode}
+    write_json(run_dir / "meta.json", meta)
+    return meta
+
+
+def final_table(run_dir: Path) -> str:
+    """The plain per-(dataset, family) final results: mean +- std over seeds."""
+    import pandas as pd
+
+    df = pd.read_parquet(run_dir / "final.parquet")
+    ok = df[df.status == "ok"]
+    if ok.empty:
+        return "no successful final runs"
+    g = ok.groupby(["dataset", "family"]).agg(
+        seeds=("seed", "count"), test_acc=("test_acc", "mean"), acc_std=("test_acc", "std"),
+        test_auc=("test_auc", "mean"), auc_std=("test_auc", "std"), val_auc=("val_auc", "mean"))
+    lines = [f"{'dataset':<16}{'family':<13}{'seeds':>6}{'test ACC':>18}{'test AUC':>18}"]
+    for (d, f), r in g.iterrows():
+        lines.append(f"{d:<16}{f:<13}{int(r.seeds):>6}{r.test_acc:>10.4f} ± {r.acc_std:.4f}"
+                     f"{r.test_auc:>10.4f} ± {r.auc_std:.4f}")
+    return "\n".join(lines)

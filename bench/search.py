@@ -1,0 +1,365 @@
+"""The Ray Tune layer: one Tuner per (dataset, family), run concurrently; then the final phase.
+
+Why one Tuner per pair: ASHA brackets must never compare trials of different datasets or
+families. The Tuners run as zero-CPU Ray tasks so several keep the workers busy at once. Each
+dataset is loaded and checked once on the driver and put in the object store once; trials get
+a reference and cache the tensors per worker process (`reuse_actors`).
+
+Resume: every Tuner lives at <storage>/<run name>/<dataset>__<family>; re-running the same
+command restores it (`Tuner.can_restore`/`Tuner.restore`), so finished trials are neither lost
+nor repeated. Failing trials are retried `max_failures` times, then recorded as failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import UserError
+from bench.spaces import Spec, to_tune
+
+METRIC = "val_auc"
+_DATA_CACHE: dict[tuple[str, int], Any] = {}
+
+
+# --- inside a trial -----------------------------------------------------------------------------
+
+def _trial_data(flag: str, size: int, data_ref: dict):
+    """Tensors for this worker process, built once from the object-store arrays."""
+    import ray
+
+    from bench.data import dataset_info, from_arrays
+    from bench.train import resolve_device
+
+    key = (flag, size)
+    if key not in _DATA_CACHE:
+        arrays = ray.get(data_ref[flag])
+        _DATA_CACHE.clear()  # one dataset per process at a time keeps memory flat
+        data = from_arrays(dataset_info(flag), size, {k: np.array(v) for k, v in arrays.items()})
+        _DATA_CACHE[key] = data.to(resolve_device("auto"))
+    return _DATA_CACHE[key]
+
+
+def _maybe_fail(faults: dict, trial_id: str) -> None:
+    """Test-only fault injection: trials whose index is in faults['trials'] raise on their
+    first faults['times'] attempts (counted in files, so retries see earlier attempts)."""
+    if not faults or int(trial_id.rsplit("_", 1)[-1]) not in faults.get("trials", []):
+        return
+    marker = Path(faults["dir"]) / trial_id
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    attempts = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(str(attempts + 1))
+    if attempts < int(faults.get("times", 1)):
+        raise RuntimeError(f"injected fault in {trial_id} (attempt {attempts + 1})")
+
+
+def _trace(event: str, trial_id: str) -> None:
+    """Append `event trial_id` to $MEDBENCH_TRACE (tests count starts and finishes)."""
+    path = os.environ.get("MEDBENCH_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{event} {trial_id}\n")
+
+
+def trial_fn(config: dict, data_ref: dict, tracker, faults: dict) -> None:
+    """One Tune trial: a search trial reports every epoch; a final trial also writes its
+    training-run directory and hands it to Tune as a checkpoint (so it reaches any storage)."""
+    from ray import tune
+
+    from bench.results import write_training_run
+    from bench.train import TrainConfig, fit
+
+    job = dict(config.get("job", config))
+    phase = job.pop("phase", "search")
+    trial_id = tune.get_context().get_trial_id()
+    _trace("start", trial_id)
+    _maybe_fail(faults, trial_id)
+    conf = TrainConfig.from_dict(job)
+    data = _trial_data(conf.dataset, conf.size, data_ref)
+    run = tracker.start(name=f"{conf.dataset}-{conf.model}-{trial_id}",
+                        group=f"{conf.dataset}/{conf.model}", job_type=phase,
+                        config=conf.to_dict())
+
+    def on_epoch(record: dict) -> None:
+        run.log(record, step=int(record["epoch"]))
+        if phase == "search":
+            tune.report(record)
+
+    result = fit(conf, data, on_epoch=on_epoch)
+    run.finish(result.summary())
+    if phase == "final":
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            write_training_run(out, conf.to_dict(), data.info, conf.size, result,
+                               run=f"{conf.model}-seed{conf.seed}")
+            tune.report({**result.summary(), "epoch": len(result.history)},
+                        checkpoint=tune.Checkpoint.from_directory(str(out)))
+    _trace("finish", trial_id)
+
+
+# --- one experiment -----------------------------------------------------------------------------
+
+def _resources(spec: Spec) -> dict[str, float]:
+    import torch
+
+    cpu = float(spec.resources.get("cpu", 1))
+    gpu = float(spec.resources.get("gpu", 0)) if torch.cuda.is_available() or \
+        spec.resources.get("require_gpu") else 0.0
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def _device_count(res: dict[str, float]) -> float:
+    return res["gpu"] if res["gpu"] > 0 else res["cpu"]
+
+
+class _ProgressCallback:
+    """Tune callback -> the driver's progress board (a tiny actor)."""
+
+    def __new__(cls, board, key: str):
+        from ray import tune
+
+        class CB(tune.Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                board.update.remote(key, "start")
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                board.update.remote(key, "result", result.get(METRIC))
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                board.update.remote(key, "done")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                board.update.remote(key, "failed")
+
+        return CB()
+
+
+def _tuner(path: Path, name: str, trainable, param_space: dict, tune_config,
+           run_config_kw: dict):
+    from ray import tune
+
+    full = path / name
+    if tune.Tuner.can_restore(str(full)):
+        return tune.Tuner.restore(str(full), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, param_space=param_space)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                      run_config=tune.RunConfig(name=name, storage_path=str(path),
+                                                **run_config_kw))
+
+
+def _history(result) -> list[dict]:
+    df = result.metrics_dataframe
+    if df is None or df.empty or "epoch" not in df:
+        return []
+    cols = [c for c in ("epoch", "train_loss", "val_auc", "val_acc", "lr", "epoch_s") if c in df]
+    return df[cols].dropna(subset=["epoch"]).to_dict("records")
+
+
+def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, data_ref: dict,
+                   tracker, board) -> list[dict]:
+    """Search one (dataset, family) pair with its own Tuner; returns trials.parquet rows."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    spec = Spec(**spec_dict)
+    res = _resources(spec)
+    space = {k: to_tune(v) for k, v in spec.spaces()[family].items()}
+    space.update(dataset=dataset, model=family, size=spec.size, epochs=spec.max_epochs, seed=0,
+                 phase="search", threads=max(1, int(res["cpu"])))
+    searcher = None
+    if spec.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=0)
+    scheduler = (ASHAScheduler(max_t=spec.max_epochs, grace_period=spec.grace_period,
+                               reduction_factor=spec.reduction_factor)
+                 if spec.scheduler == "asha" else FIFOScheduler())
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults=spec.faults),
+        res)
+    tuner = _tuner(
+        Path(storage), f"{dataset}__{family}", trainable, space,
+        tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                        num_samples=spec.num_samples, reuse_actors=True,
+                        max_concurrent_trials=spec.max_concurrent_trials or None,
+                        time_budget_s=spec.time_budget_s or None),
+        {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
+         "callbacks": [_ProgressCallback(board, f"{dataset}/{family}")], "verbose": 0})
+    grid = tuner.fit()
+    rows = []
+    for r in grid:
+        hist = _history(r)
+        best = max(hist, key=lambda h: h.get("val_auc", -1)) if hist else {}
+        wall = float((r.metrics or {}).get("time_total_s", 0.0))
+        cfg = {k: v for k, v in (r.config or {}).items() if k not in ("phase", "threads")}
+        rows.append({"dataset": dataset, "family": family,
+                     "trial_id": (r.metrics or {}).get("trial_id", Path(r.path).name),
+                     "status": "failed" if r.error else "ok",
+                     "error": str(r.error).strip().splitlines()[-1][:500] if r.error else None,
+                     "config": cfg, "history": hist,
+                     "best_val_auc": best.get("val_auc"), "best_val_acc": best.get("val_acc"),
+                     "best_epoch": best.get("epoch"), "epochs_run": len(hist),
+                     "wall_s": wall, "device_s": wall * _device_count(res)})
+    return rows
+
+
+# --- the final phase ----------------------------------------------------------------------------
+
+def best_configs(trials: list[dict]) -> dict[tuple[str, str], dict]:
+    """Per (dataset, family): the config of the trial with the best validation AUC."""
+    best: dict[tuple[str, str], dict] = {}
+    for t in trials:
+        if t["status"] != "ok" or t["best_val_auc"] is None:
+            continue
+        key = (t["dataset"], t["family"])
+        if key not in best or t["best_val_auc"] > best[key]["best_val_auc"]:
+            best[key] = t
+    return {k: dict(v["config"]) for k, v in best.items()}
+
+
+def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
+              configs: dict[tuple[str, str], dict]) -> list[dict]:
+    """Retrain each chosen config on fresh seeds, as Tune trials. Each row carries its Tune
+    checkpoint (the seed's training-run directory) for the driver to fetch."""
+    from ray import tune
+
+    jobs = [{**cfg, "seed": spec.final_seed_base + k, "epochs": spec.max_epochs, "phase": "final"}
+            for cfg in configs.values() for k in range(spec.final_seeds)]
+    if not jobs:
+        return []
+    res = _resources(spec)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults={}), res)
+    tuner = _tuner(Path(storage), "final", trainable, {"job": tune.grid_search(jobs)},
+                   tune.TuneConfig(reuse_actors=True),
+                   {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
+                    "callbacks": [_ProgressCallback(board, "final")], "verbose": 0})
+    rows = []
+    for r in tuner.fit():
+        job = dict(r.config["job"])
+        rel = Path("final") / job["dataset"] / job["model"] / f"seed{job['seed']}"
+        row = {"dataset": job["dataset"], "family": job["model"], "seed": job["seed"],
+               "size": job["size"], "config": {k: v for k, v in job.items() if k != "phase"},
+               "run_dir": str(rel), "status": "failed" if r.error else "ok",
+               "error": str(r.error).strip().splitlines()[-1][:500] if r.error else None}
+        if not r.error and r.checkpoint is not None:
+            m = r.metrics
+            row.update({k: m.get(k) for k in ("val_auc", "val_acc", "test_auc", "test_acc",
+                                              "best_epoch", "epochs_run", "train_images_per_s")})
+            row.update(history=_history(r), wall_s=m.get("time_total_s"),
+                       device_s=float(m.get("time_total_s", 0)) * _device_count(res),
+                       checkpoint=r.checkpoint)
+        rows.append(row)
+    return rows
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Embedded local Ray by default; `auto` or an address joins a cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": True,
+                          "logging_level": "ERROR"}
+    if address:
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot reach a Ray cluster at {address!r} ({e}); start one "
+                            "(`ray start --head`) or drop --address for a local run") from None
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False,
+                 object_store_memory=1 << 30, **kw)
+
+
+def _progress_board():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Board:
+        def __init__(self) -> None:
+            self.state: dict[str, dict] = {}
+
+        def update(self, key: str, event: str, value: float | None = None) -> None:
+            s = self.state.setdefault(key, {"running": 0, "done": 0, "failed": 0, "best": None,
+                                            "t0": time.time()})
+            if event == "start":
+                s["running"] += 1
+            elif event in ("done", "failed"):
+                s["running"] = max(0, s["running"] - 1)
+                s[event] += 1
+            elif value is not None and (s["best"] is None or value > s["best"]):
+                s["best"] = value
+
+        def snapshot(self) -> dict[str, dict]:
+            return self.state
+
+    return Board.remote()
+
+
+def format_progress(state: dict[str, dict], elapsed: float) -> str:
+    lines = [f"[{elapsed:6.0f}s] {'experiment':<28}{'run':>4}{'done':>5}{'fail':>5}"
+             f"{'best val AUC':>14}"]
+    for key in sorted(state):
+        s = state[key]
+        best = f"{s['best']:.4f}" if s["best"] is not None else "-"
+        lines.append(f"{'':9}{key:<28}{s['running']:>4}{s['done']:>5}{s['failed']:>5}{best:>14}")
+    return "\n".join(lines)
+
+
+def _wait_all(futures: list, board, echo: Callable[[str], None], t0: float,
+              every: float = 10.0) -> list:
+    import ray
+
+    pending, last = list(futures), ""
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=every)
+        text = format_progress(ray.get(board.snapshot.remote()), time.time() - t0)
+        body = text.split("\n", 1)[-1]
+        if body != last:
+            echo(text)
+            last = body
+    return ray.get(futures)
+
+
+def search(spec: Spec, run_dir: Path, storage: str, data_dir: str | Path | None, tracker,
+           echo: Callable[[str], None], final: bool = True) -> tuple[list[dict], list[dict]]:
+    """Search every (dataset, family) pair concurrently, then (optionally) the final phase.
+    Returns (trial rows, final rows); the caller writes them."""
+    import ray
+
+    from bench.data import load_arrays
+
+    t0 = time.time()
+    data_ref = {}
+    for flag in spec.datasets:  # checked once here; a bad file stops before any trial starts
+        arrays = load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
+        data_ref[flag] = ray.put(arrays)
+    board = _progress_board()
+    remote = ray.remote(num_cpus=0)(run_experiment)
+    futures = [remote.remote(spec.to_dict(), d, f, storage, data_ref, tracker, board)
+               for d, f in spec.pairs()]
+    trials = [row for rows in _wait_all(futures, board, echo, t0) for row in rows]
+    finals: list[dict] = []
+    if final and spec.final_seeds:
+        echo(f"final phase: best config per experiment x {spec.final_seeds} fresh seeds")
+        fut = ray.remote(num_cpus=0)(run_final).remote(
+            spec, storage, data_ref, tracker, board, best_configs(trials))
+        finals = _wait_all([fut], board, echo, t0)[0]
+        for row in finals:  # fetch each seed's run directory from storage, on the driver
+            ckpt = row.pop("checkpoint", None)
+            if ckpt is not None:
+                dest = run_dir / row["run_dir"]
+                if dest.exists():
+                    shutil.rmtree(dest)
+                ckpt.to_directory(str(dest))
+    return trials, finals

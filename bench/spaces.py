@@ -1,0 +1,235 @@
+"""YAML search spaces and experiment specs -> validated Python objects and Ray Tune domains.
+
+Spaces use the shape people know from W&B sweeps: each parameter has `values` (a choice),
+`value` (a constant), or `min`/`max` with a `distribution` in DISTRIBUTIONS. Unlike W&B,
+`log_uniform` takes the real bounds (W&B's `log_uniform_values`, accepted as an alias).
+
+A family's space = search_spaces/common.yaml (optimiser, lr, batch size, augmentation...) merged
+with search_spaces/<family>.yaml (its own width/depth/dropout), then the experiment's overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import UserError
+
+DISTRIBUTIONS = ("uniform", "log_uniform", "log_uniform_values", "int_uniform", "int_log_uniform")
+SEARCHERS = ("random", "optuna")
+SCHEDULERS = ("asha", "fifo")
+PRESETS = ("smoke", "quick", "standard", "full")
+
+
+def spaces_dir() -> Path:
+    """search_spaces/ at the repository root (the YAML files are data users edit)."""
+    return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found; check the path")
+    try:
+        obj = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({e}); fix the syntax") from e
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} must be a YAML mapping")
+    return obj
+
+
+def validate_param(name: str, p: Any, where: str) -> dict[str, Any]:
+    """One parameter definition, checked; returns it normalised."""
+    if not isinstance(p, dict):
+        return {"value": p}  # a bare scalar is a constant
+    keys = set(p)
+    if "value" in keys:
+        return {"value": p["value"]}
+    if "values" in keys:
+        if not isinstance(p["values"], list) or not p["values"]:
+            raise UserError(f"{where}: parameter {name!r} needs a non-empty list of `values`")
+        return {"values": list(p["values"])}
+    dist = p.get("distribution", "uniform")
+    if dist not in DISTRIBUTIONS:
+        raise UserError(f"{where}: parameter {name!r} has unknown distribution {dist!r}; use "
+                        f"one of: {', '.join(DISTRIBUTIONS)}")
+    if "min" not in p or "max" not in p:
+        raise UserError(f"{where}: parameter {name!r} needs `min` and `max` (or `values`)")
+    try:
+        lo, hi = float(p["min"]), float(p["max"])
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: parameter {name!r}: min/max must be numbers") from None
+    if lo > hi:
+        raise UserError(f"{where}: parameter {name!r} has min {lo:g} > max {hi:g}; swap them")
+    if "log" in dist and lo <= 0:
+        raise UserError(f"{where}: parameter {name!r}: a log distribution needs min > 0")
+    if dist == "log_uniform_values":
+        dist = "log_uniform"
+    return {"distribution": dist, "min": lo, "max": hi}
+
+
+def to_tune(p: dict[str, Any]):
+    """One validated parameter -> a Ray Tune domain (or a constant)."""
+    from ray import tune
+
+    if "value" in p:
+        return p["value"]
+    if "values" in p:
+        return tune.choice(p["values"])
+    lo, hi, dist = p["min"], p["max"], p["distribution"]
+    if dist == "uniform":
+        return tune.uniform(lo, hi)
+    if dist == "log_uniform":
+        return tune.loguniform(lo, hi)
+    if dist == "int_uniform":
+        return tune.randint(int(lo), int(hi) + 1)  # inclusive max, as W&B
+    return tune.lograndint(int(lo), int(hi) + 1)
+
+
+def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> dict[str, dict]:
+    """common.yaml + <family>.yaml + overrides, every parameter validated against the trainer's
+    options and the family's own hyperparameters."""
+    from bench.models import get_entry
+    from bench.train import TrainConfig
+
+    entry = get_entry(family)
+    params: dict[str, Any] = {}
+    for path in (spaces_dir() / "common.yaml", spaces_dir() / f"{family}.yaml"):
+        if path.exists():
+            params.update(_read_yaml(path, "search space").get("parameters") or {})
+    params.update(overrides or {})
+    train_keys = set(TrainConfig.__dataclass_fields__) - {"model_hp"}
+    allowed = train_keys | set(entry.hparams())
+    out = {}
+    for name, p in params.items():
+        if name not in allowed:
+            raise UserError(f"search space for {family!r}: {name!r} is neither a training option "
+                            f"nor a hyperparameter of {family} (it takes: "
+                            f"{', '.join(sorted(entry.hparams())) or 'none'})")
+        out[name] = validate_param(name, p, f"search space {family}")
+    return out
+
+
+@dataclass
+class Spec:
+    """An experiment: which datasets x families, how to search, how to evaluate finally."""
+
+    name: str
+    datasets: list[str]
+    families: list[str]
+    size: int = 28
+    project: str = "medmnist-bench"
+    searcher: str = "random"
+    num_samples: int = 8
+    max_concurrent_trials: int = 0  # 0: as many as resources allow
+    time_budget_s: float = 0  # per (dataset, family) experiment; 0: none
+    scheduler: str = "asha"
+    grace_period: int = 1
+    max_epochs: int = 10
+    reduction_factor: int = 3
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    final_seeds: int = 5
+    final_seed_base: int = 10_000  # search trials use seed 0; finals never reuse a seed
+    max_failures: int = 2
+    verify_md5: bool = True
+    overrides: dict[str, dict] = field(default_factory=dict)  # family -> {param: def}
+    distributed: dict[str, int] = field(default_factory=dict)  # family -> Ray Train workers
+    faults: dict[str, Any] = field(default_factory=dict)  # test-only fault injection
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.__dict__)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(dataset, family) experiments: 2D families on 2D sets, 3D on 3D."""
+        from bench.data import dataset_info
+        from bench.models import get_entry
+
+        return [(d, f) for d in self.datasets for f in self.families
+                if get_entry(f).dims == dataset_info(d).dims]
+
+    def spaces(self) -> dict[str, dict[str, dict]]:
+        return {f: load_family_space(f, self.overrides.get(f)) for f in self.families}
+
+
+def _as_list(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    return list(v or [])
+
+
+def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
+    """Dict (from YAML and CLI flags) -> a validated Spec, or one clear UserError."""
+    from bench.data import check_size, dataset_info
+    from bench.models import get_entry
+
+    known = set(Spec.__dataclass_fields__)
+    unknown = sorted(set(raw) - known - {"preset"})
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: "
+                        f"{', '.join(sorted(known))}")
+    raw = dict(raw)
+    raw["datasets"] = _as_list(raw.get("datasets"))
+    raw["families"] = _as_list(raw.get("families"))
+    raw.setdefault("name", "experiment")
+    try:
+        spec = Spec(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as e:
+        raise UserError(f"{where}: {e}") from None
+    if not spec.datasets or not spec.families:
+        raise UserError(f"{where}: name at least one dataset and one family "
+                        "(--datasets a,b --families x,y, or in the spec file)")
+    for flag in spec.datasets:
+        check_size(dataset_info(flag), spec.size)
+    for flag in spec.datasets:
+        if not any(p[0] == flag for p in spec.pairs()):
+            dims = dataset_info(flag).dims
+            raise UserError(f"{where}: no family fits {flag} ({dims}D); add a {dims}D family "
+                            f"(2D: cnn_small, resnet18, ...; 3D: resnet18_3d)")
+    for fam in spec.families:
+        get_entry(fam)
+        if not any(p[1] == fam for p in spec.pairs()):
+            raise UserError(f"{where}: family {fam!r} ({get_entry(fam).dims}D) fits none of the "
+                            "datasets; remove it or add a dataset of its dimension")
+    if spec.searcher not in SEARCHERS:
+        raise UserError(f"{where}: unknown searcher {spec.searcher!r}; use one of "
+                        f"{', '.join(SEARCHERS)}")
+    if spec.scheduler not in SCHEDULERS:
+        raise UserError(f"{where}: unknown scheduler {spec.scheduler!r}; use one of "
+                        f"{', '.join(SCHEDULERS)}")
+    if int(spec.num_samples) < 1:
+        raise UserError(f"{where}: num_samples must be at least 1 (got {spec.num_samples})")
+    if int(spec.max_epochs) < 1 or int(spec.grace_period) < 1:
+        raise UserError(f"{where}: max_epochs and grace_period must be at least 1")
+    if spec.grace_period > spec.max_epochs:
+        raise UserError(f"{where}: grace_period {spec.grace_period} is above max_epochs "
+                        f"{spec.max_epochs}; ASHA could never stop a trial. Lower grace_period")
+    if int(spec.final_seeds) < 0 or spec.time_budget_s < 0 or spec.max_failures < 0:
+        raise UserError(f"{where}: final_seeds, time_budget_s and max_failures must be >= 0")
+    if float(spec.resources.get("cpu", 1)) < 0 or float(spec.resources.get("gpu", 0)) < 0:
+        raise UserError(f"{where}: resources must be non-negative")
+    extra = sorted(set(spec.overrides) - set(spec.families))
+    if extra:
+        raise UserError(f"{where}: overrides for {', '.join(extra)}, which are not in families")
+    spec.spaces()  # validates every family's space now, before anything runs
+    return spec
+
+
+def load_spec(spec_file: Path | None = None, preset: str | None = None,
+              **cli: Any) -> Spec:
+    """A spec from a file or a named preset, with CLI values (non-None) taking precedence."""
+    raw: dict[str, Any] = {}
+    if spec_file is not None:
+        raw = _read_yaml(Path(spec_file), "spec file")
+        where = str(spec_file)
+    else:
+        preset = preset or "quick"
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raw = _read_yaml(spaces_dir() / "experiments" / f"{preset}.yaml", "preset")
+        where = f"preset {preset}"
+    raw.update({k: v for k, v in cli.items() if v is not None})
+    return build_spec(raw, where)
