@@ -245,6 +245,22 @@ def run(
                 wandb, no_verify, num_samples, max_epochs, final_seeds, searcher, final=True)
 
 
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
+    run_dir: Annotated[Path, typer.Option("--run", help="run directory of `medbench run`")],
+    dataset: Annotated[str, typer.Option(help="the dataset the model was trained on")],
+    family: Annotated[str | None, typer.Option(help="a family (default: best by val AUC)")] = None,
+) -> None:
+    """Classify images with a leaderboard model (best by validation AUC)."""
+    from bench.predict import predict as run_predict
+
+    model_dir, rows = run_predict(run_dir, dataset, images, family)
+    typer.echo(f"model: {model_dir}")
+    for r in rows:
+        typer.echo(f"{r['image']}: class {r['class']} ({r['label']})  p={r['probabilities']}")
+
+
 def main() -> None:
     try:
         app()
