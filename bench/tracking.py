@@ -114,6 +114,25 @@ def _resolve_mode(enabled: bool) -> str:
     return "offline"
 
 
+_WANDB_MODE_VALUES = ("online", "offline", "shared", "disabled", "dryrun", "run")
+
+
+def _drop_invalid_wandb_mode() -> None:
+    """Remove an empty or unknown ``WANDB_MODE`` from the environment before ``wandb.init``.
+
+    Why: ``wandb.init`` validates ``WANDB_MODE`` even when a mode is passed explicitly, and an
+    empty value fails it. Ray's runtime_env ``env_vars: {WANDB_MODE: ${WANDB_MODE}}`` produces
+    exactly that on a node where the variable is unset (Ray substitutes ""). Our mode was
+    already resolved by :meth:`Tracker.from_env`, so the variable carries nothing we need.
+    """
+    value = os.environ.get("WANDB_MODE")
+    if value is not None and value.strip().lower() not in _WANDB_MODE_VALUES:
+        log.debug("ignoring WANDB_MODE=%r (not a W&B mode)", value)
+        del os.environ["WANDB_MODE"]
+    elif value is not None and value != value.strip().lower():
+        os.environ["WANDB_MODE"] = value.strip().lower()
+
+
 def _plain(value: Any) -> Any:
     """Make a config value JSON-friendly (paths, tuples, sets, nested mappings).
 
@@ -292,6 +311,7 @@ class Tracker:
         if not self.active:
             return TrackedRun()
         os.environ.setdefault("WANDB_SILENT", "true")  # the login banner ignores Settings.silent
+        _drop_invalid_wandb_mode()
         try:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -86,6 +86,20 @@ def test_from_env_resolves_mode(
     assert t.enabled == (mode != "disabled")
 
 
+def test_empty_wandb_mode_from_ray_runtime_env_is_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ray turns `WANDB_MODE: ${WANDB_MODE}` into "" where unset; wandb.init rejects ""."""
+    monkeypatch.setenv("WANDB_MODE", "")
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    t = Tracker.from_env(True, "proj", tmp_path)
+    assert t.mode == "offline"
+    run = t.start(name="a", group="g", job_type="trial", config={})
+    assert run.active
+    run.finish()
+    assert "WANDB_MODE" not in os.environ
+
+
 def test_tracker_is_picklable_and_root_absolute(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
