@@ -1,0 +1,153 @@
+"""Plain CNNs in the three sizes of the OCTMNIST CNN study, built by one function.
+
+* small:  one stage of two 32-filter 3x3 convs + max-pool, dense 64.
+* medium: three single-conv stages of 128, 512, 1024 filters, dense 256 and 128.
+* large:  four stages 64-128-256-512 with two convs each, dense 512.
+
+A stage = convs (3x3, 'same' padding, optional BN, ReLU) + a 2x2 max-pool, the pool skipped once
+the map is down to 1 px so any depth works at 28 px. Before the dense head an adaptive average
+pool to min(4, final map size): a 4x4 grid keeps some spatial layout (as the study's flatten head
+did) while making the head's size the same at 28, 64, 128 and 224 px.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from bench.models import register_model
+from bench.models.common import as_float, as_int, check_dropout, check_inputs, scaled
+
+_HEAD_GRID = 4
+
+# family -> (conv filters per stage, dense widths)
+_SPECS: dict[str, tuple[list[tuple[int, ...]], tuple[int, ...]]] = {
+    "cnn_small": ([(32, 32)], (64,)),
+    "cnn_medium": ([(128,), (512,), (1024,)], (256, 128)),
+    "cnn_large": ([(64, 64), (128, 128), (256, 256), (512, 512)], (512,)),
+}
+
+
+class CNN(nn.Module):
+    def __init__(self, features: nn.Sequential, head: nn.Sequential) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def build_cnn(
+    name: str,
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    *,
+    width: float,
+    depth: int,
+    dropout: float,
+    batch_norm: bool,
+) -> CNN:
+    """Build family `name`; `depth` truncates its stages, or repeats the last stage to extend."""
+    check_inputs(name, in_channels, n_classes, image_size)
+    stages, dense = _SPECS[name]
+    width = as_float(name, "width", width, lo=0.05, hi=16.0)
+    dropout = check_dropout(name, dropout)
+    depth = as_int(name, "depth", depth, lo=1)
+    stages = (stages + [stages[-1]] * depth)[:depth]
+
+    layers: list[nn.Module] = []
+    channels, size = in_channels, image_size
+    for filters in stages:
+        for f in filters:
+            out = scaled(f, width)
+            layers.append(nn.Conv2d(channels, out, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
+            channels = out
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+    grid = min(_HEAD_GRID, size)
+    layers += [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
+
+    head: list[nn.Module] = []
+    features = channels * grid * grid
+    for units in dense:
+        head += [nn.Linear(features, units), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        features = units
+    head.append(nn.Linear(features, n_classes))
+    return CNN(nn.Sequential(*layers), nn.Sequential(*head))
+
+
+@register_model
+def cnn_small(
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    *,
+    width: float = 1.0,
+    depth: int = 1,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+) -> nn.Module:
+    """Two 32-filter convs, pool, dense 64 (the study's small CNN)."""
+    return build_cnn(
+        "cnn_small",
+        in_channels,
+        n_classes,
+        image_size,
+        width=width,
+        depth=depth,
+        dropout=dropout,
+        batch_norm=batch_norm,
+    )
+
+
+@register_model
+def cnn_medium(
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    *,
+    width: float = 1.0,
+    depth: int = 3,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+) -> nn.Module:
+    """Convs of 128, 512, 1024 filters, dense 256 and 128 (the study's medium CNN)."""
+    return build_cnn(
+        "cnn_medium",
+        in_channels,
+        n_classes,
+        image_size,
+        width=width,
+        depth=depth,
+        dropout=dropout,
+        batch_norm=batch_norm,
+    )
+
+
+@register_model
+def cnn_large(
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    *,
+    width: float = 1.0,
+    depth: int = 4,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+) -> nn.Module:
+    """Four two-conv stages 64-128-256-512, dense 512 (the study's large CNN)."""
+    return build_cnn(
+        "cnn_large",
+        in_channels,
+        n_classes,
+        image_size,
+        width=width,
+        depth=depth,
+        dropout=dropout,
+        batch_norm=batch_norm,
+    )
