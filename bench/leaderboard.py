@@ -1,0 +1,341 @@
+"""Run directories + the published MedMNIST v2 table -> leaderboard (mean, std, CI, delta, verdict).
+
+A pure function of the files on disk, so the board can be rebuilt at any time. A verdict says
+'above' or 'below' a published number only when the bootstrap CI (test images *and* seeds
+resampled) excludes it; anything else is 'within noise' -- one lucky seed is not a result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import metrics
+from bench.baselines import load_published
+from bench.errors import UserError
+from bench.results import read_table
+
+RunDirs = Path | str | Iterable[Path | str]
+METRICS = ("acc", "auc")
+REF_28 = "ResNet-18 (28)"
+REF_224 = "ResNet-18 (224)"
+REF_3D = "ResNet-18+3D"
+
+# Cost: `trials` search trials of this (dataset, family); `device_s`/`wall_s` summed over those
+# trials and all final seeds (failed included: they cost too) -- a sum, not elapsed time, since
+# trials run in parallel; `run_wall_s` is the whole run's elapsed time from meta.json.
+BOARD_COLUMNS = [
+    "run", "dataset", "family", "size", "task", "n_seeds", "n_failed",
+    "test_acc_mean", "test_acc_std", "acc_lo", "acc_hi",
+    "test_auc_mean", "test_auc_std", "auc_lo", "auc_hi", "val_auc_mean",
+    "ref_method", "ref_acc", "ref_auc",
+    "best_acc_method", "best_acc", "best_auc_method", "best_auc",
+    "delta_acc_vs_resnet18", "delta_auc_vs_resnet18", "delta_acc_vs_best", "delta_auc_vs_best",
+    "verdict_acc_vs_resnet18", "verdict_auc_vs_resnet18",
+    "verdict_acc_vs_best", "verdict_auc_vs_best",
+    "trials", "device_s", "wall_s", "run_wall_s", "baseline_note",
+]
+
+
+def verdict(lo: float, hi: float, published: float) -> str:
+    """'above' only if the whole CI is above the published value, 'below' only if the whole CI
+    is below; touching or overlapping is 'within noise'. Missing numbers give 'n/a'."""
+    if any(pd.isna(x) for x in (lo, hi, published)):
+        return "n/a"
+    if lo > published:
+        return "above"
+    if hi < published:
+        return "below"
+    return "within noise"
+
+
+def as_paths(run_dirs: RunDirs) -> list[Path]:
+    """One path or many -> a list (the CLI passes one or more run directories)."""
+    if isinstance(run_dirs, str | Path):
+        return [Path(run_dirs)]
+    return [Path(p) for p in run_dirs]
+
+
+def _run_labels(paths: list[Path]) -> list[str]:
+    """Directory names, or full paths when two runs share a name (runs must stay distinct)."""
+    names = [p.resolve().name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def _check_run_dir(path: Path) -> None:
+    if not (path / "final.parquet").is_file():
+        raise UserError(f"{path} is not a run directory (no final.parquet). Run `medbench run` "
+                        "first, or pass a run directory such as runs/<name>.")
+
+
+def read_meta(run_dir: Path) -> dict:
+    """meta.json of a run (empty dict if absent: it is informative, not required)."""
+    path = Path(run_dir) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_seeds(run_dirs: RunDirs) -> pd.DataFrame:
+    """All final.parquet rows of the runs, with `run` (label) and `root` (run directory) added."""
+    paths = as_paths(run_dirs)
+    if not paths:
+        raise UserError("No run directory given: pass one or more runs/<name> directories.")
+    frames = []
+    for path, label in zip(paths, _run_labels(paths), strict=True):
+        _check_run_dir(path)
+        df = read_table(path / "final.parquet")
+        frames.append(df.assign(run=label, root=str(path)))
+    seeds = pd.concat(frames, ignore_index=True)
+    seeds["size"] = seeds["size"].astype(int)
+    return seeds
+
+
+def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
+    """All trials.parquet rows of the runs (runs without a search contribute nothing)."""
+    paths = as_paths(run_dirs)
+    frames = [read_table(p / "trials.parquet").assign(run=label)
+              for p, label in zip(paths, _run_labels(paths), strict=True)
+              if (p / "trials.parquet").is_file()]
+    if not frames:
+        from bench.results import TRIAL_COLUMNS
+        return pd.DataFrame(columns=[*TRIAL_COLUMNS, "run"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_scores(root: Path | str, run_dir: str) -> dict[str, np.ndarray] | None:
+    """scores.npz of one seed's training-run directory (relative to the run root), or None."""
+    path = Path(root) / str(run_dir) / "scores.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def task_of(flag: str) -> str:
+    import medmnist
+
+    if flag not in medmnist.INFO:
+        raise UserError(f"Unknown dataset {flag!r} in the run; known: {', '.join(medmnist.INFO)}")
+    return medmnist.INFO[flag]["task"]
+
+
+def comparable_baselines(published: pd.DataFrame, flag: str,
+                         size: int) -> tuple[pd.DataFrame, str, str]:
+    """The published rows we compare a (dataset, size) with, the reference method, and a note.
+
+    Published 2D numbers are all for the 28 px images ('(224)' = those upsampled). For our larger
+    images only the '(224)' rows are the nearer comparison, and the note says it is not like for
+    like. 3D has no ResNet-18 (28) row: its reference is ResNet-18+3D.
+    """
+    rows = published[published["flag"] == flag]
+    notes = []
+    if flag.endswith("3d"):
+        ref = REF_3D
+        notes.append(f"3D: reference is {REF_3D}")
+        if size != 28:
+            notes.append(f"published 3D numbers are for 28^3 volumes, ours are {size}^3")
+    elif size == 28:
+        ref = REF_28
+    else:
+        ref = REF_224
+        rows = rows[rows["method"].str.endswith("(224)")]
+        notes.append(f"ours are {size} px images; published numbers are for 28 px images, so we "
+                     "compare with the '(224)' methods (28 px upsampled) only")
+    return rows.reset_index(drop=True), ref, "; ".join(notes)
+
+
+def _ci(group: pd.DataFrame, task: str, n_boot: int) -> dict[str, float]:
+    """Bootstrap CI of the seed-mean from the seeds' scores.npz; NaN if any file is missing."""
+    out = {f"{m}_{b}": float("nan") for m in METRICS for b in ("lo", "hi")}
+    loaded = [load_scores(r.root, r.run_dir) for r in group.itertuples()]
+    if not loaded or any(s is None for s in loaded):
+        if loaded:
+            warnings.warn(f"scores.npz missing for some seeds of {group['dataset'].iloc[0]}/"
+                          f"{group['family'].iloc[0]}: no CI, verdict n/a", stacklevel=3)
+        return out
+    labels = loaded[0]["test_labels"]
+    if any(not np.array_equal(s["test_labels"], labels) for s in loaded):
+        raise UserError(f"Seeds of {group['dataset'].iloc[0]}/{group['family'].iloc[0]} were "
+                        "scored on different test labels; the run directory is inconsistent.")
+    for s, rec in zip(loaded, group.itertuples(), strict=True):
+        again = metrics.evaluate(s["test_labels"], s["test_scores"], task)
+        if abs(again["acc"] - rec.test_acc) > 1e-6 or abs(again["auc"] - rec.test_auc) > 1e-6:
+            warnings.warn(f"{rec.run_dir}: final.parquet test metrics differ from scores.npz "
+                          f"({rec.test_acc:.4f}/{rec.test_auc:.4f} vs "
+                          f"{again['acc']:.4f}/{again['auc']:.4f})", stacklevel=3)
+    ci = metrics.bootstrap_ci(labels, [s["test_scores"] for s in loaded], task, n_boot=n_boot)
+    for m in METRICS:
+        out[f"{m}_lo"], out[f"{m}_hi"] = ci[m]
+    return out
+
+
+def _compare(row: dict, cand: pd.DataFrame, ref: str) -> dict:
+    """Reference and best-published values, deltas and verdicts for both metrics."""
+    out: dict = {"ref_method": ref}
+    ref_rows = cand[cand["method"] == ref]
+    for m in METRICS:
+        mean, lo, hi = row[f"test_{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"]
+        ref_val = float(ref_rows[m].iloc[0]) if len(ref_rows) else float("nan")
+        if len(cand):
+            best = cand.loc[cand[m].idxmax()]
+            best_method, best_val = str(best["method"]), float(best[m])
+        else:
+            best_method, best_val = None, float("nan")
+        out.update({
+            f"ref_{m}": ref_val, f"best_{m}_method": best_method, f"best_{m}": best_val,
+            f"delta_{m}_vs_resnet18": mean - ref_val, f"delta_{m}_vs_best": mean - best_val,
+            f"verdict_{m}_vs_resnet18": verdict(lo, hi, ref_val),
+            f"verdict_{m}_vs_best": verdict(lo, hi, best_val),
+        })
+    return out
+
+
+def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
+    """One row per (run, dataset, family, size): ok-seed mean/std/CI, published comparison, cost.
+
+    Families whose seeds all failed keep a row (n_seeds 0, verdict n/a) so a failure is visible.
+    """
+    paths = as_paths(run_dirs)
+    seeds = load_seeds(paths)
+    trials = load_trials(paths)
+    run_wall = {lab: read_meta(p).get("wall_s") for p, lab in zip(paths, _run_labels(paths),
+                                                                   strict=True)}
+    published = load_published()
+    rows = []
+    for (run, flag, family, size), g in seeds.groupby(["run", "dataset", "family", "size"],
+                                                      sort=True):
+        task = task_of(flag)
+        ok = g[g["status"] == "ok"]
+        row: dict = {"run": run, "dataset": flag, "family": family, "size": int(size),
+                     "task": task, "n_seeds": len(ok), "n_failed": len(g) - len(ok)}
+        for m in METRICS:
+            vals = ok[f"test_{m}"].astype(float)
+            row[f"test_{m}_mean"] = float(vals.mean()) if len(vals) else float("nan")
+            row[f"test_{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+        row["val_auc_mean"] = float(ok["val_auc"].astype(float).mean()) if len(ok) else math.nan
+        row.update(_ci(ok, task, n_boot))
+        cand, ref, note = comparable_baselines(published, flag, int(size))
+        row.update(_compare(row, cand, ref))
+        t = trials[(trials["run"] == run) & (trials["dataset"] == flag)
+                   & (trials["family"] == family)]
+        row["trials"] = len(t)
+        row["device_s"] = float(pd.to_numeric(t["device_s"]).sum()
+                                + pd.to_numeric(g["device_s"]).sum())
+        row["wall_s"] = float(pd.to_numeric(t["wall_s"]).sum() + pd.to_numeric(g["wall_s"]).sum())
+        row["run_wall_s"] = run_wall.get(run)
+        row["baseline_note"] = note
+        rows.append(row)
+    return pd.DataFrame.from_records(rows, columns=BOARD_COLUMNS)
+
+
+def summarize(board: pd.DataFrame) -> pd.DataFrame:
+    """Per (family, size): mean rank by test AUC within each dataset (1 = best), and
+    wins/ties/losses against every published method by the same CI rule as `verdict`.
+
+    Long format, one row per (family, size, method), so it stays flat for csv/json.
+    """
+    cols = ["family", "size", "mean_rank_auc", "n_datasets", "method", "n_compared",
+            "auc_wins", "auc_ties", "auc_losses", "acc_wins", "acc_ties", "acc_losses"]
+    if board.empty:
+        return pd.DataFrame(columns=cols)
+    published = load_published()
+    order = {m: i for i, m in enumerate(dict.fromkeys(published["method"]))}
+    b = board.assign(rank=board.groupby("dataset")["test_auc_mean"].rank(ascending=False,
+                                                                          method="average"))
+    rows = []
+    for (family, size), g in b.groupby(["family", "size"], sort=True):
+        counts: dict[str, dict[str, int]] = {}
+        for r in g.itertuples():
+            cand, _, _ = comparable_baselines(published, r.dataset, int(size))
+            for p in cand.itertuples():
+                c = counts.setdefault(p.method, {k: 0 for k in cols[5:]})
+                c["n_compared"] += 1
+                for m in METRICS:
+                    v = verdict(getattr(r, f"{m}_lo"), getattr(r, f"{m}_hi"), getattr(p, m))
+                    key = {"above": "wins", "below": "losses", "within noise": "ties"}.get(v)
+                    if key:
+                        c[f"{m}_{key}"] += 1
+        for method in sorted(counts, key=lambda k: order.get(k, len(order))):
+            rows.append({"family": family, "size": int(size), "mean_rank_auc": g["rank"].mean(),
+                         "n_datasets": g["dataset"].nunique(), "method": method,
+                         **counts[method]})
+    return (pd.DataFrame.from_records(rows, columns=cols)
+            .sort_values(["mean_rank_auc", "family", "size"], kind="stable")
+            .reset_index(drop=True))
+
+
+def _fmt(x: float, spec: str = ".3f") -> str:
+    return "-" if x is None or pd.isna(x) else format(x, spec)
+
+
+def _cell(r: pd.Series, m: str) -> str:
+    """`0.871 ± 0.012 [0.841, 0.902]`: mean ± std over seeds [95% bootstrap CI]."""
+    mean, std = r[f"test_{m}_mean"], r[f"test_{m}_std"]
+    if pd.isna(mean):
+        return "-"
+    s = _fmt(mean) + ("" if pd.isna(std) else f" ± {std:.3f}")
+    lo, hi = r[f"{m}_lo"], r[f"{m}_hi"]
+    return s if pd.isna(lo) else f"{s} [{lo:.3f}, {hi:.3f}]"
+
+
+def _vs(r: pd.Series, m: str, which: str) -> str:
+    """Published value beside ours: `0.863 (+0.008, within noise)`, verdicts in bold."""
+    if which == "best":
+        val, method = r[f"best_{m}"], r[f"best_{m}_method"]
+        head = f"{_fmt(val)} {method}" if method else "-"
+    else:
+        val = r[f"ref_{m}"]
+        head = _fmt(val)
+    if pd.isna(val):
+        return head
+    v = r[f"verdict_{m}_vs_{which}"]
+    v = f"**{v}**" if v in ("above", "below") else v
+    return f"{head} ({_fmt(r[f'delta_{m}_vs_{which}'], '+.3f')}, {v})"
+
+
+def _md(board: pd.DataFrame) -> str:
+    if board.empty:
+        return "_No final runs to show._\n"
+    out = ["Cells: mean ± std over seeds [95% bootstrap CI over test images and seeds]. "
+           "Published values beside ours with (ours − published, verdict); a verdict is "
+           "**above**/**below** only when our CI excludes the published number.", ""]
+    multi_run = board["run"].nunique() > 1
+    for flag, g in board.groupby("dataset", sort=True):
+        refs = g["ref_method"].unique()
+        ref = refs[0] if len(refs) == 1 else "reference"
+        out += [f"### {flag} ({g['task'].iloc[0]})", ""]
+        head = (["run"] if multi_run else []) + [
+            "family", "size", "seeds", "ACC", "AUC", f"ACC: {ref}", f"AUC: {ref}",
+            "ACC: best published", "AUC: best published", "trials", "device-s"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for _, r in g.iterrows():
+            seeds = f"{r['n_seeds']}" + (f" (+{r['n_failed']} failed)" if r["n_failed"] else "")
+            cells = ([r["run"]] if multi_run else []) + [
+                r["family"], str(r["size"]), seeds, _cell(r, "acc"), _cell(r, "auc"),
+                _vs(r, "acc", "resnet18"), _vs(r, "auc", "resnet18"),
+                _vs(r, "acc", "best"), _vs(r, "auc", "best"),
+                str(r["trials"]), _fmt(r["device_s"], ".0f")]
+            out.append("| " + " | ".join(cells) + " |")
+        notes = [n for n in g["baseline_note"].unique() if n]
+        if len(refs) > 1:
+            by_size = dict(zip(g["size"], g["ref_method"], strict=True))
+            notes.append("reference by size: " + ", ".join(f"{s} px: {m}"
+                                                           for s, m in sorted(by_size.items())))
+        out += [""] + [f"Note: {n}." for n in notes] + ([""] if notes else [])
+    return "\n".join(out).rstrip() + "\n"
+
+
+def format_board(board: pd.DataFrame, fmt: str = "md") -> str:
+    """The board as markdown (one table per dataset), CSV, or JSON records."""
+    if fmt == "md":
+        return _md(board)
+    if fmt == "csv":
+        return board.to_csv(index=False)
+    if fmt == "json":
+        return board.to_json(orient="records", indent=2) + "\n"
+    raise UserError(f"Unknown leaderboard format {fmt!r}: use one of md, csv, json.")
