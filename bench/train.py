@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -85,7 +86,29 @@ class TrainConfig:
         d = asdict(self)
         return {**{k: v for k, v in d.items() if k != "model_hp"}, **d["model_hp"]}
 
+    def _coerce_types(self) -> None:
+        """YAML files and `--set` can hand over strings for numbers (PyYAML reads `1e-3` as a
+        string): convert what is clearly a number, else name the option in a UserError."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                if f.type == "float" and not isinstance(value, bool):
+                    value = float(value)
+                elif f.type == "int" and not isinstance(value, bool | np.bool_):
+                    value = _as_int(value)
+                elif f.type == "bool" and isinstance(value, np.bool_):
+                    value = bool(value)
+                elif f.type in ("int", "float", "bool", "str") and not isinstance(
+                        value, {"int": int, "float": float, "bool": bool, "str": str}[f.type]):
+                    raise TypeError
+            except (TypeError, ValueError, OverflowError):
+                kind = {"int": "an integer", "float": "a number", "bool": "true or false",
+                        "str": "a string"}[f.type]
+                raise UserError(f"{f.name} must be {kind}, got {value!r}") from None
+            setattr(self, f.name, value)
+
     def validate(self) -> None:
+        self._coerce_types()
         entry = get_entry(self.model)  # raises a UserError naming the known models
         unknown = sorted(set(self.model_hp) - set(entry.hparams()))
         if unknown:
@@ -106,6 +129,19 @@ class TrainConfig:
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise UserError("weight_decay must be >= 0 and label_smoothing in [0, 1)")
         AugmentConfig.from_config(self.to_dict())
+
+
+def _as_int(value: Any) -> int:
+    """int, numpy integer, integral float or integer string -> int; else ValueError."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    raise ValueError(value)
 
 
 @dataclass
