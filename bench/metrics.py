@@ -99,29 +99,53 @@ def confusion(y_true: np.ndarray, y_score: np.ndarray, task: str, n_classes: int
     return _sk_confusion(np.asarray(y_true).reshape(-1), pred, labels=list(range(n_classes)))
 
 
+def _rank_auc(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row (Mann-Whitney U with average ranks for ties); NaN where a row has
+    one class only. Rows are bootstrap replicates, so all of them cost one vectorised pass."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score, axis=1)
+    n_pos = pos.sum(axis=1)
+    n_neg = pos.shape[1] - n_pos
+    u = (ranks * pos).sum(axis=1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _replicate_metrics(y: np.ndarray, s: np.ndarray, idx: np.ndarray, task: str):
+    """Official ACC and AUC of every bootstrap replicate (rows of idx) in one pass."""
+    y, s = _prepare(y, s)
+    if task == MULTI_LABEL:
+        accs = [(y[idx, j] == (s[idx, j] > 0.5)).mean(axis=1) for j in range(y.shape[1])]
+        aucs = [_rank_auc(y[idx, j] == 1, s[idx, j]) for j in range(y.shape[1])]
+        return np.mean(accs, axis=0), np.mean(aucs, axis=0)
+    if task == BINARY:
+        s1 = s[:, -1] if s.ndim == 2 else s
+        return (y[idx] == (s1[idx] > 0.5)).mean(axis=1), _rank_auc(y[idx] == 1, s1[idx])
+    acc = (y[idx] == np.argmax(s, axis=-1)[idx]).mean(axis=1)
+    auc = np.mean([_rank_auc(y[idx] == c, s[idx, c]) for c in range(s.shape[1])], axis=0)
+    return acc, auc
+
+
 def bootstrap_ci(y_true: np.ndarray, scores: list[np.ndarray] | np.ndarray, task: str,
                  n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple]:
     """Percentile bootstrap CI of the seed-mean ACC and AUC.
 
     `scores` is one score array per seed (or a single array). Each replicate resamples the test
     images *and* the seeds with replacement, so the interval covers both the finite test set and
-    run-to-run variation -- the two reasons a single number can mislead.
+    run-to-run variation -- the two reasons a single number can mislead. Replicates whose
+    resample lacks a class (no AUC defined) are dropped.
     """
     runs = [np.asarray(s) for s in (scores if isinstance(scores, list) else [scores])]
     y = np.asarray(y_true)
-    n = y.shape[0]
     rng = np.random.default_rng(seed)
-    stats: dict[str, list[float]] = {"acc": [], "auc": []}
-    attempts = 0
-    while len(stats["acc"]) < n_boot and attempts < n_boot * 3:
-        attempts += 1
-        idx = rng.integers(0, n, n)
-        picks = rng.integers(0, len(runs), len(runs))
-        try:
-            vals = [evaluate(y[idx], runs[k][idx], task) for k in picks]
-        except ValueError:  # a resample with one class has no AUC; draw again
-            continue
-        stats["acc"].append(float(np.mean([v["acc"] for v in vals])))
-        stats["auc"].append(float(np.mean([v["auc"] for v in vals])))
+    idx = rng.integers(0, y.shape[0], (n_boot, y.shape[0]))
+    picks = rng.integers(0, len(runs), (n_boot, len(runs)))
+    per_run = [_replicate_metrics(y, r, idx, task) for r in runs]  # each: (acc[B], auc[B])
+    rows = np.arange(n_boot)[:, None]
+    acc = np.stack([a for a, _ in per_run], axis=1)[rows, picks].mean(axis=1)
+    auc = np.stack([u for _, u in per_run], axis=1)[rows, picks].mean(axis=1)
+    keep = ~np.isnan(auc)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in stats.items()}
+    return {k: (float(np.percentile(v[keep], lo)), float(np.percentile(v[keep], hi)))
+            for k, v in (("acc", acc), ("auc", auc))}

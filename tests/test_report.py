@@ -19,7 +19,7 @@ def report(tmp_path_factory) -> Path:
     run_a = make_run(root, "run-a")
     run_b = make_run(root, "run-b", strengths={"cnn": 2.0, "vgg": 0.8}, seed=1,
                      datasets=("breastmnist",))
-    return write_report([run_a, run_b], root / "reports" / "demo.md", n_boot=3)
+    return write_report([run_a, run_b], root / "reports" / "demo.md", n_boot=200)
 
 
 def test_report_writes_markdown_and_figures(report):
