@@ -119,24 +119,34 @@ def _device_count(res: dict[str, float]) -> float:
     return res["gpu"] if res["gpu"] > 0 else res["cpu"]
 
 
-class _ProgressCallback:
-    """Tune callback -> the driver's progress board (a tiny actor)."""
+_BOARD = None  # this process's progress board (set by run_experiment / run_final)
 
-    def __new__(cls, board, key: str):
+
+def _board_update(key: str, event: str, value: float | None = None) -> None:
+    if _BOARD is not None:
+        _BOARD.update.remote(key, event, value)
+
+
+class _ProgressCallback:
+    """Tune callback -> the driver's progress board (a tiny actor). It reaches the board
+    through a module global, not a captured handle: Tune pickles callbacks into tuner.pkl, and
+    a handle from a killed driver's Ray session cannot be unpickled when the search resumes."""
+
+    def __new__(cls, key: str):
         from ray import tune
 
         class CB(tune.Callback):
             def on_trial_start(self, iteration, trials, trial, **info):
-                board.update.remote(key, "start")
+                _board_update(key, "start")
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                board.update.remote(key, "result", result.get(METRIC))
+                _board_update(key, "result", result.get(METRIC))
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                board.update.remote(key, "done")
+                _board_update(key, "done")
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                board.update.remote(key, "failed")
+                _board_update(key, "failed")
 
         return CB()
 
@@ -168,6 +178,8 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    global _BOARD
+    _BOARD = board
     spec = Spec(**spec_dict)
     res = _resources(spec)
     space = {k: to_tune(v) for k, v in spec.spaces()[family].items()}
@@ -191,7 +203,7 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
                         max_concurrent_trials=spec.max_concurrent_trials or None,
                         time_budget_s=spec.time_budget_s or None),
         {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
-         "callbacks": [_ProgressCallback(board, f"{dataset}/{family}")], "verbose": 0})
+         "callbacks": [_ProgressCallback(f"{dataset}/{family}")], "verbose": 0})
     grid = tuner.fit()
     rows = []
     for r in grid:
@@ -234,13 +246,15 @@ def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
             for cfg in configs.values() for k in range(spec.final_seeds)]
     if not jobs:
         return []
+    global _BOARD
+    _BOARD = board
     res = _resources(spec)
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults={}), res)
     tuner = _tuner(Path(storage), "final", trainable, {"job": tune.grid_search(jobs)},
                    tune.TuneConfig(reuse_actors=True),
                    {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
-                    "callbacks": [_ProgressCallback(board, "final")], "verbose": 0})
+                    "callbacks": [_ProgressCallback("final")], "verbose": 0})
     rows = []
     for r in tuner.fit():
         job = dict(r.config["job"])
