@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ DEFAULT_FINISH_TIMEOUT_S = 60.0
 # and whether online init failed here (then later runs in this process go offline at once).
 _WARNED: set[str] = set()
 _ONLINE_FAILED: bool = False
+# Runs this process started and has not finished yet (see Tracker.start: one at a time).
+_ACTIVE: list[_WandbRun] = []
+_ACTIVE_LOCK = threading.Lock()
 
 
 class TrackingWarning(UserWarning):
@@ -210,7 +214,26 @@ class TrackedRun:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.finish(exit_code=0 if exc_type is None else 1)
+        # Ray Tune ends a stopped trial (ASHA, max epochs) with SystemExit(0) raised inside
+        # tune.report: a clean stop, not a failure.
+        clean = exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
+        self.finish(exit_code=0 if clean else 1)
+
+
+def _finish_stale_runs() -> None:
+    """Finish runs this process left open before a new one starts.
+
+    Why: a Ray worker runs trial after trial (``reuse_actors``), one at a time. A trial whose
+    code never reached ``finish`` (it crashed, or Tune stopped it inside ``tune.report`` and
+    nothing caught the ``SystemExit``) would otherwise stay open until the worker is killed, and
+    wandb-core only writes an offline run's buffered records to disk when the run is finished:
+    we measured such runs as 7-byte ``.wandb`` files holding no data at all.
+    """
+    with _ACTIVE_LOCK:
+        stale = list(_ACTIVE)
+    for run in stale:
+        log.debug("finishing W&B run left open by an earlier trial in this process")
+        run.finish()
 
 
 class _WandbRun(TrackedRun):
@@ -221,11 +244,18 @@ class _WandbRun(TrackedRun):
     def __init__(self, run: Any) -> None:
         self._run: Any = run
         self.dir = Path(run.dir).parent if getattr(run, "dir", None) else None
+        with _ACTIVE_LOCK:
+            _ACTIVE.append(self)
+
+    def _forget(self) -> None:
+        with _ACTIVE_LOCK, contextlib.suppress(ValueError):
+            _ACTIVE.remove(self)
 
     def _fail(self, kind: str, err: BaseException) -> None:
         """Stop talking to W&B for this run after an error; try to close it quietly."""
         _warn_once(kind, f"{type(err).__name__}: {err}")
         run, self._run, self.active = self._run, None, False
+        self._forget()
         if run is not None:
             with contextlib.suppress(Exception):
                 run.finish(exit_code=1)
@@ -243,6 +273,7 @@ class _WandbRun(TrackedRun):
         if run is None:
             return
         self._run, self.active = None, False
+        self._forget()
         try:
             if summary:
                 run.summary.update({str(k): _plain(v) for k, v in summary.items()})
@@ -326,6 +357,7 @@ class Tracker:
             config=_plain(dict(config)),
             tags=list(tags) if tags else None,
         )
+        _finish_stale_runs()
         mode = self.mode
         global _ONLINE_FAILED
         if mode == "online" and _ONLINE_FAILED:
@@ -445,6 +477,7 @@ class OfflineRun:
     summary: dict[str, Any]
     tags: list[str]
     complete: bool  # the final ``exit`` record was found: the run was finished and flushed
+    exit_code: int | None = None
 
 
 _BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks, 7-byte record headers
@@ -549,5 +582,6 @@ def _read_offline_run_once(run_dir: Path) -> OfflineRun:
             )
         elif kind == "exit":
             out.complete = True
+            out.exit_code = rec.exit.exit_code
     out.config.pop("_wandb", None)
     return out

@@ -186,21 +186,36 @@ def test_sequential_runs_in_one_process_stay_separate(tmp_path: Path) -> None:
     first = t.start(name="a", group="g", job_type="trial", config={"i": 0})
     first.log({"x": 0})
     first.finish()
-    # A trial that crashed without finishing must not capture the next trial's data:
-    # wandb's default reinit would return this still-active run to the next init.
-    crashed = t.start(name="b", group="g", job_type="trial", config={"i": 1})
-    crashed.log({"x": 1})
+    # A trial that never reached finish (crashed, or stopped by Tune) must neither capture the
+    # next trial's data (wandb's default reinit would hand the next init this run) nor lose its
+    # own (wandb-core writes an offline run's records only when it is finished).
+    stale = t.start(name="b", group="g", job_type="trial", config={"i": 1})
+    stale.log({"x": 1})
     third = t.start(name="c", group="g", job_type="trial", config={"i": 2})
+    assert not stale.active  # finished by the next start
     third.log({"x": 2})
     third.finish()
-    crashed.finish(exit_code=1)
+    stale.finish(exit_code=1)  # too late: a no-op
 
     recs = {r.name: r for r in map(read_offline_run, offline_runs(tmp_path))}
     assert set(recs) == {"a", "b", "c"}
     assert len({r.run_id for r in recs.values()}) == 3
     for i, name in enumerate("abc"):
+        assert recs[name].complete
         assert recs[name].config == {"i": i}
         assert [h["x"] for h in recs[name].history] == [i]
+
+
+def test_tune_stop_inside_with_block_is_a_clean_finish(tmp_path: Path) -> None:
+    """tune.report raises SystemExit(0) in a trial Tune stops (ASHA, max epochs)."""
+    t = Tracker.from_env(True, "medbench-test", tmp_path)
+    with pytest.raises(SystemExit), t.start(name="a", group="g", job_type="trial", config={}) as r:
+        r.log({"x": 1})
+        raise SystemExit(0)
+    (run_dir,) = offline_runs(tmp_path)
+    rec = read_offline_run(run_dir)
+    assert rec.complete and rec.exit_code == 0
+    assert rec.history[0]["x"] == 1
 
 
 def test_context_manager_finishes_and_marks_failure(tmp_path: Path) -> None:
@@ -211,7 +226,9 @@ def test_context_manager_finishes_and_marks_failure(tmp_path: Path) -> None:
         raise RuntimeError("trial crashed")
     assert not r.active
     (run_dir,) = offline_runs(tmp_path)
-    assert read_offline_run(run_dir).history[0]["x"] == 1
+    rec = read_offline_run(run_dir)
+    assert rec.history[0]["x"] == 1
+    assert rec.exit_code == 1
 
 
 def test_log_leaderboard_writes_table_and_figures(tmp_path: Path) -> None:
