@@ -179,7 +179,7 @@ def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None
                 families: str | None, name: str | None, out: Path | None, storage: str | None,
                 address: str | None, data_dir: Path | None, wandb: bool, no_verify: bool,
                 num_samples: int | None, max_epochs: int | None, final_seeds: int | None,
-                searcher: str | None, final: bool) -> Path:
+                searcher: str | None, final: bool, report: Path | None = None) -> Path:
     """Shared body of `search` and `run`: build the spec, then execute it into a run dir."""
     from bench.experiment import execute, final_table
     from bench.spaces import load_spec
@@ -191,7 +191,12 @@ def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None
     execute(spec, run_dir, storage=storage, address=address, data_dir=data_dir, wandb=wandb,
             final=final, echo=typer.echo)
     if final:
+        from bench.experiment import publish
+
         typer.echo(final_table(run_dir.resolve()))
+        board, report_md = publish(run_dir, report, wandb=wandb, project=spec.project)
+        typer.echo(board)
+        typer.echo(f"report: {report_md}")
     typer.echo(f"run directory: {run_dir}")
     return run_dir
 
@@ -239,10 +244,44 @@ def run(
     max_epochs: Annotated[int | None, typer.Option()] = None,
     final_seeds: Annotated[int | None, typer.Option(help="fresh seeds per best config")] = None,
     searcher: Annotated[str | None, typer.Option(help="random | optuna")] = None,
+    report: Annotated[Path | None, typer.Option(help="report path (default "
+                                                "<run dir>/report.md)")] = None,
 ) -> None:
-    """The main job: search -> final seeded runs -> results table."""
+    """The main job: search -> final seeded runs -> leaderboard -> report."""
     _experiment(spec_file, preset, datasets, families, name, out, storage, address, data_dir,
-                wandb, no_verify, num_samples, max_epochs, final_seeds, searcher, final=True)
+                wandb, no_verify, num_samples, max_epochs, final_seeds, searcher, final=True,
+                report=report)
+
+
+RunDirs = Annotated[list[Path], typer.Argument(help="run directories (several merge)")]
+
+
+@app.command()
+def leaderboard(
+    run_dirs: RunDirs,
+    fmt: Annotated[str, typer.Option("--format", help="md | csv | json")] = "md",
+    n_boot: Annotated[int, typer.Option(help="bootstrap replicates for the CI")] = 1000,
+) -> None:
+    """Our final results vs the published MedMNIST v2 numbers, with CIs and verdicts."""
+    from bench.leaderboard import build_leaderboard, format_board, summarize
+
+    board = build_leaderboard(run_dirs, n_boot=n_boot)
+    typer.echo(format_board(board, fmt))
+    if fmt == "md":
+        typer.echo("\n## Across datasets\n")
+        typer.echo(summarize(board).to_string(index=False))
+
+
+@app.command()
+def report(
+    run_dirs: RunDirs,
+    out: Annotated[Path, typer.Option(help="markdown file; figures go beside it")],
+    n_boot: Annotated[int, typer.Option(help="bootstrap replicates for the CI")] = 1000,
+) -> None:
+    """Markdown report with PNG figures from one or more run directories."""
+    from bench.report import write_report
+
+    typer.echo(f"report: {write_report(run_dirs, out, n_boot=n_boot)}")
 
 
 @app.command()

@@ -128,3 +128,22 @@ def final_table(run_dir: Path) -> str:
         lines.append(f"{d:<16}{f:<13}{int(r.seeds):>6}{r.test_acc:>10.4f} ± {r.acc_std:.4f}"
                      f"{r.test_auc:>10.4f} ± {r.auc_std:.4f}")
     return "\n".join(lines)
+
+
+def publish(run_dir: Path, report: Path | None = None, wandb: bool = True,
+            project: str = "medmnist-bench", n_boot: int = 1000) -> tuple[str, Path]:
+    """The end of `medbench run`: leaderboard.md in the run dir, the report with figures, and
+    the leaderboard as a W&B run. Returns (board markdown, report path)."""
+    from bench.leaderboard import build_leaderboard, format_board
+    from bench.report import write_report
+    from bench.results import write_text
+    from bench.tracking import Tracker, log_leaderboard
+
+    run_dir = Path(run_dir)
+    board = build_leaderboard(run_dir, n_boot=n_boot)
+    text = format_board(board, "md")
+    write_text(run_dir / "leaderboard.md", text + "\n")
+    report = write_report(run_dir, report or run_dir / "report.md", n_boot=n_boot)
+    figures = {p.stem: p for p in sorted(report.parent.glob(f"{report.stem}_figures/*.png"))}
+    log_leaderboard(Tracker.from_env(wandb, project, run_dir), board, figures)
+    return text, report
