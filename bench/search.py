@@ -12,6 +12,7 @@ nor repeated. Failing trials are retried `max_failures` times, then recorded as 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -68,17 +69,44 @@ def _trace(event: str, trial_id: str) -> None:
             f.write(f"{event} {trial_id}\n")
 
 
-def trial_fn(config: dict, data_ref: dict, tracker, faults: dict) -> None:
-    """One Tune trial: a search trial reports every epoch; a final trial also writes its
-    training-run directory and hands it to Tune as a checkpoint (so it reaches any storage)."""
+def _replay(record: Path | None, job: dict) -> bool:
+    """Re-report a finished search trial's epochs from its completion record (see trial_fn).
+    False when there is none, or it belongs to another config (a reused trial id)."""
     from ray import tune
 
-    from bench.results import write_training_run
+    if record is None or not record.exists():
+        return False
+    done = json.loads(record.read_text())
+    if done.get("config") != json.loads(json.dumps(job, default=str)):
+        return False
+    for rec, iter_s in done["reports"]:
+        tune.report({**rec, "time_this_iter_s": iter_s})  # keeps the trial's wall time
+    return True
+
+
+def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
+             done_dir: str | None = None) -> None:
+    """One Tune trial: a search trial reports every epoch; a final trial also writes its
+    training-run directory and hands it to Tune as a checkpoint (so it reaches any storage).
+
+    A finished search trial writes a completion record to done_dir before it returns. Tune
+    saves its experiment state only every ~10 s, so after a killed driver it may restart a
+    trial that had finished; with a record, the trial replays its reports instead of training
+    again."""
+    from ray import tune
+
+    from bench.results import write_json, write_training_run
     from bench.train import TrainConfig, fit
 
     job = dict(config.get("job", config))
     phase = job.pop("phase", "search")
     trial_id = tune.get_context().get_trial_id()
+    record = Path(done_dir) / f"{trial_id}.json" if done_dir and phase == "search" else None
+    if _replay(record, job):
+        _trace("replay", trial_id)
+        return
+    t_last = time.perf_counter()
+    reports: list = []
     _trace("start", trial_id)
     _maybe_fail(faults, trial_id)
     conf = TrainConfig.from_dict(job)
@@ -87,13 +115,20 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict) -> None:
                         group=f"{conf.dataset}/{conf.model}", job_type=phase,
                         config=conf.to_dict())
 
-    def on_epoch(record: dict) -> None:
-        run.log(record, step=int(record["epoch"]))
+    def on_epoch(rec: dict) -> None:
+        nonlocal t_last
+        run.log(rec, step=int(rec["epoch"]))
         if phase == "search":
-            tune.report(record)
+            now = time.perf_counter()
+            plain = {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
+            reports.append((plain, now - t_last))  # numpy scalars -> JSON numbers
+            t_last = now
+            tune.report(rec)
 
     result = fit(conf, data, on_epoch=on_epoch)
     run.finish(result.summary())
+    if record is not None:
+        write_json(record, {"config": job, "reports": reports})
     if phase == "final":
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
@@ -185,6 +220,9 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     space = {k: to_tune(v) for k, v in spec.spaces()[family].items()}
     space.update(dataset=dataset, model=family, size=spec.size, epochs=spec.max_epochs, seed=0,
                  phase="search", threads=max(1, int(res["cpu"])))
+    # completion records (see trial_fn); only where trials can write to the storage path
+    done_dir = None if "://" in storage else str(Path(storage) / "completed" /
+                                                  f"{dataset}__{family}")
     searcher = None
     if spec.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -194,7 +232,8 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
                                reduction_factor=spec.reduction_factor)
                  if spec.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults=spec.faults),
+        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults=spec.faults,
+                             done_dir=done_dir),
         res)
     tuner = _tuner(
         Path(storage), f"{dataset}__{family}", trainable, space,
