@@ -315,6 +315,20 @@ def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
 
 # --- the driver ---------------------------------------------------------------------------------
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a `host:port` nobody listens on: ray.init would retry for minutes."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # `auto` and other forms: left to ray.init
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"cannot reach a Ray cluster at {address!r} ({e}); start one "
+                        "(`ray start --head`) or drop --address for a local run") from None
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Embedded local Ray by default; `auto` or an address joins a cluster."""
     import ray
@@ -324,6 +338,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": True,
                           "logging_level": "ERROR"}
     if address:
+        _probe(address)
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
