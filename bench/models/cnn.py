@@ -1,6 +1,6 @@
 """Plain CNNs in the three sizes of the OCTMNIST CNN study, built by one function.
 
-* small:  one stage of two 32-filter 3x3 convs + max-pool, dense 64.
+* small:  two stages of one 32-filter 3x3 conv + max-pool each, dense 64.
 * medium: three single-conv stages of 128, 512, 1024 filters, dense 256 and 128.
 * large:  four stages 64-128-256-512 with two convs each, dense 512.
 
@@ -21,7 +21,7 @@ _HEAD_GRID = 4
 
 # family -> (conv filters per stage, dense widths)
 _SPECS: dict[str, tuple[list[tuple[int, ...]], tuple[int, ...]]] = {
-    "cnn_small": ([(32, 32)], (64,)),
+    "cnn_small": ([(32,), (32,)], (64,)),
     "cnn_medium": ([(128,), (512,), (1024,)], (256, 128)),
     "cnn_large": ([(64, 64), (128, 128), (256, 256), (512, 512)], (512,)),
 }
@@ -88,11 +88,11 @@ def cnn_small(
     image_size: int,
     *,
     width: float = 1.0,
-    depth: int = 1,
+    depth: int = 2,
     dropout: float = 0.0,
     batch_norm: bool = True,
 ) -> nn.Module:
-    """Two 32-filter convs, pool, dense 64 (the study's small CNN)."""
+    """conv32-pool-conv32-pool, dense 64 (the study's small CNN)."""
     return build_cnn(
         "cnn_small",
         in_channels,
