@@ -111,22 +111,24 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
     _maybe_fail(faults, trial_id)
     conf = TrainConfig.from_dict(job)
     data = _trial_data(conf.dataset, conf.size, data_ref)
-    run = tracker.start(name=f"{conf.dataset}-{conf.model}-{trial_id}",
-                        group=f"{conf.dataset}/{conf.model}", job_type=phase,
-                        config=conf.to_dict())
+    # `with`: when ASHA stops a trial, Tune raises SystemExit inside tune.report; the context
+    # manager still finishes the W&B run (exit code 0 for that case).
+    with tracker.start(name=f"{conf.dataset}-{conf.model}-{trial_id}",
+                       group=f"{conf.dataset}/{conf.model}", job_type=phase,
+                       config=conf.to_dict()) as run:
 
-    def on_epoch(rec: dict) -> None:
-        nonlocal t_last
-        run.log(rec, step=int(rec["epoch"]))
-        if phase == "search":
-            now = time.perf_counter()
-            plain = {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
-            reports.append((plain, now - t_last))  # numpy scalars -> JSON numbers
-            t_last = now
-            tune.report(rec)
+        def on_epoch(rec: dict) -> None:
+            nonlocal t_last
+            run.log(rec, step=int(rec["epoch"]))
+            if phase == "search":
+                now = time.perf_counter()
+                plain = {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
+                reports.append((plain, now - t_last))  # numpy scalars -> JSON numbers
+                t_last = now
+                tune.report(rec)
 
-    result = fit(conf, data, on_epoch=on_epoch)
-    run.finish(result.summary())
+        result = fit(conf, data, on_epoch=on_epoch)
+        run.finish(result.summary())
     if record is not None:
         write_json(record, {"config": job, "reports": reports})
     if phase == "final":
@@ -142,12 +144,22 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
 # --- one experiment -----------------------------------------------------------------------------
 
 def _resources(spec: Spec) -> dict[str, float]:
-    import torch
+    """Per-trial resources; `gpu` was already set to 0 by `resolve_resources` where the
+    cluster has no GPU."""
+    return {"cpu": float(spec.resources.get("cpu", 1)), "gpu": float(spec.resources.get("gpu", 0))}
 
-    cpu = float(spec.resources.get("cpu", 1))
-    gpu = float(spec.resources.get("gpu", 0)) if torch.cuda.is_available() or \
-        spec.resources.get("require_gpu") else 0.0
-    return {"cpu": cpu, "gpu": gpu}
+
+def resolve_resources(spec: Spec) -> Spec:
+    """Decide GPU use on the driver from the whole cluster's resources (not from the node a
+    task happens to run on): a spec asking for GPUs runs CPU-only where none exist."""
+    import ray
+
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    res = dict(spec.resources)
+    if not has_gpu and not res.get("require_gpu"):
+        res["gpu"] = 0
+    res.pop("require_gpu", None)
+    return Spec(**{**spec.to_dict(), "resources": res})
 
 
 def _device_count(res: dict[str, float]) -> float:
@@ -218,7 +230,8 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     spec = Spec(**spec_dict)
     res = _resources(spec)
     space = {k: to_tune(v) for k, v in spec.spaces()[family].items()}
-    space.update(dataset=dataset, model=family, size=spec.size, epochs=spec.max_epochs, seed=0,
+    budget = spec.budget(family)
+    space.update(dataset=dataset, model=family, size=spec.size, epochs=budget["max_epochs"], seed=0,
                  phase="search", threads=max(1, int(res["cpu"])))
     # completion records (see trial_fn); only where trials can write to the storage path
     done_dir = None if "://" in storage else str(Path(storage) / "completed" /
@@ -228,7 +241,7 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(seed=0)
-    scheduler = (ASHAScheduler(max_t=spec.max_epochs, grace_period=spec.grace_period,
+    scheduler = (ASHAScheduler(max_t=budget["max_epochs"], grace_period=budget["grace_period"],
                                reduction_factor=spec.reduction_factor)
                  if spec.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(
@@ -238,7 +251,7 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     tuner = _tuner(
         Path(storage), f"{dataset}__{family}", trainable, space,
         tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
-                        num_samples=spec.num_samples, reuse_actors=True,
+                        num_samples=budget["num_samples"], reuse_actors=True,
                         max_concurrent_trials=spec.max_concurrent_trials or None,
                         time_budget_s=spec.time_budget_s or None),
         {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
@@ -281,7 +294,8 @@ def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
     checkpoint (the seed's training-run directory) for the driver to fetch."""
     from ray import tune
 
-    jobs = [{**cfg, "seed": spec.final_seed_base + k, "epochs": spec.max_epochs, "phase": "final"}
+    jobs = [{**cfg, "seed": spec.final_seed_base + k, "phase": "final",
+             "epochs": spec.budget(cfg["model"])["max_epochs"]}
             for cfg in configs.values() for k in range(spec.final_seeds)]
     if not jobs:
         return []
@@ -412,6 +426,7 @@ def search(spec: Spec, run_dir: Path, storage: str, data_dir: str | Path | None,
     for flag in spec.datasets:  # checked once here; a bad file stops before any trial starts
         arrays = load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
         data_ref[flag] = ray.put(arrays)
+    spec = resolve_resources(spec)
     board = _progress_board()
     remote = ray.remote(num_cpus=0)(run_experiment)
     futures = [remote.remote(spec.to_dict(), d, f, storage, data_ref, tracker, board)

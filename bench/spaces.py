@@ -137,11 +137,19 @@ class Spec:
     max_failures: int = 2
     verify_md5: bool = True
     overrides: dict[str, dict] = field(default_factory=dict)  # family -> {param: def}
+    budgets: dict[str, dict] = field(default_factory=dict)  # family -> smaller/larger budget
     distributed: dict[str, int] = field(default_factory=dict)  # family -> Ray Train workers
     faults: dict[str, Any] = field(default_factory=dict)  # test-only fault injection
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)
+
+    def budget(self, family: str) -> dict[str, int]:
+        """num_samples / max_epochs / grace_period for one family: the spec's, unless
+        `budgets` overrides them (a ResNet on a CPU costs ~100x a small CNN per epoch)."""
+        base = {"num_samples": int(self.num_samples), "max_epochs": int(self.max_epochs),
+                "grace_period": int(self.grace_period)}
+        return {**base, **{k: int(v) for k, v in self.budgets.get(family, {}).items()}}
 
     def pairs(self) -> list[tuple[str, str]]:
         """(dataset, family) experiments: 2D families on 2D sets, 3D on 3D."""
@@ -200,13 +208,23 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
     if spec.scheduler not in SCHEDULERS:
         raise UserError(f"{where}: unknown scheduler {spec.scheduler!r}; use one of "
                         f"{', '.join(SCHEDULERS)}")
-    if int(spec.num_samples) < 1:
-        raise UserError(f"{where}: num_samples must be at least 1 (got {spec.num_samples})")
-    if int(spec.max_epochs) < 1 or int(spec.grace_period) < 1:
-        raise UserError(f"{where}: max_epochs and grace_period must be at least 1")
-    if spec.grace_period > spec.max_epochs:
-        raise UserError(f"{where}: grace_period {spec.grace_period} is above max_epochs "
-                        f"{spec.max_epochs}; ASHA could never stop a trial. Lower grace_period")
+    for fam, b in spec.budgets.items():
+        if fam not in spec.families or not isinstance(b, dict) or \
+                set(b) - {"num_samples", "max_epochs", "grace_period"}:
+            raise UserError(f"{where}: budgets must map families of the spec to num_samples / "
+                            f"max_epochs / grace_period (got {fam!r}: {b!r})")
+    for fam in [None, *spec.budgets]:
+        b = spec.budget(fam) if fam else spec.budget("")
+        label = f" (budget of {fam})" if fam else ""
+        if b["num_samples"] < 1:
+            raise UserError(f"{where}: num_samples must be at least 1{label} "
+                            f"(got {b['num_samples']})")
+        if b["max_epochs"] < 1 or b["grace_period"] < 1:
+            raise UserError(f"{where}: max_epochs and grace_period must be at least 1{label}")
+        if b["grace_period"] > b["max_epochs"]:
+            raise UserError(f"{where}: grace_period {b['grace_period']} is above max_epochs "
+                            f"{b['max_epochs']}{label}; ASHA could never stop a trial. "
+                            "Lower grace_period")
     if int(spec.final_seeds) < 0 or spec.time_budget_s < 0 or spec.max_failures < 0:
         raise UserError(f"{where}: final_seeds, time_budget_s and max_failures must be >= 0")
     if float(spec.resources.get("cpu", 1)) < 0 or float(spec.resources.get("gpu", 0)) < 0:
