@@ -30,8 +30,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: no such file; give the path of a YAML file")
     try:
         obj = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML ({e}); fix the syntax") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:  # str(e) spans lines: keep one
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise UserError(f"{path} is not valid YAML ({what}{where}); fix the syntax") from e
     if not isinstance(obj, dict):
         raise UserError(f"{path} must hold a mapping of option: value, not {type(obj).__name__}")
     return obj
