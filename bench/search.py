@@ -50,8 +50,12 @@ def _trial_data(flag: str, size: int, data_ref: dict):
 
 def _maybe_fail(faults: dict, trial_id: str) -> None:
     """Test-only fault injection: trials whose index is in faults['trials'] raise on their
-    first faults['times'] attempts (counted in files, so retries see earlier attempts)."""
-    if not faults or int(trial_id.rsplit("_", 1)[-1]) not in faults.get("trials", []):
+    first faults['times'] attempts (counted in files, so retries see earlier attempts).
+    The index is the numeric suffix of Tune's trial id (`<experiment>_00003`), which only the
+    random searcher gives; ids of other searchers (Optuna: plain hex) are never faulted."""
+    prefix, _, index = trial_id.rpartition("_")
+    if not faults or not prefix or not index.isdigit() or \
+            int(index) not in faults.get("trials", []):
         return
     marker = Path(faults["dir"]) / trial_id
     marker.parent.mkdir(parents=True, exist_ok=True)
