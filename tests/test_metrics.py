@@ -1,0 +1,247 @@
+"""bench.metrics: the official numbers (== medmnist's getAUC/getACC, to the last digit), the
+per-class report, the confusion matrix and the bootstrap CI."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from medmnist.evaluator import getACC, getAUC
+from medmnist.info import INFO
+
+from bench.data import MedData, Split, load_dataset
+from bench.metrics import (
+    acc_score,
+    auc_score,
+    bootstrap_ci,
+    class_report,
+    confusion,
+    evaluate,
+    predicted_labels,
+)
+
+REAL = ("breastmnist", "pneumoniamnist", "retinamnist")
+SYNTH = ("chestmnist", "organamnist")
+FLAGS = REAL + SYNTH
+MULTI = "multi-label, binary-class"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models train several times faster on one thread, and much faster still on a
+    shared, busy CPU (OpenMP threads spin-wait for each other); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def datasets(request: pytest.FixtureRequest, synth_dir: Path) -> dict[str, MedData]:
+    out = {}
+    for flag in FLAGS:
+        if flag in REAL:
+            root = request.getfixturevalue("real_data_dir")
+            if not (root / f"{flag}.npz").is_file():
+                continue
+            out[flag] = load_dataset(flag, data_dir=root)
+        else:
+            out[flag] = load_dataset(flag, data_dir=synth_dir, verify_md5=False)
+    return out
+
+
+def _data(datasets: dict[str, MedData], flag: str) -> MedData:
+    if flag not in datasets:
+        pytest.skip(f"{flag}.npz not available")
+    return datasets[flag]
+
+
+def _random_scores(y: np.ndarray, task: str, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Probabilities as a model would give them: sigmoid per label, softmax per row."""
+    z = rng.normal(0, 2, (len(y), k))
+    # a little signal, so AUCs are not all ~0.5, plus ties from rounding
+    if task == MULTI:
+        z += 1.5 * y
+        return np.round(1 / (1 + np.exp(-z)), 3)
+    z[np.arange(len(y)), y[:, 0].astype(int)] += 1.0
+    return _softmax(z)
+
+
+def _assert_official(y: np.ndarray, s: np.ndarray, task: str) -> None:
+    ours = evaluate(y, s, task)
+    assert ours["auc"] == getAUC(y, s, task)
+    assert ours["acc"] == getACC(y, s, task)
+    assert isinstance(ours["auc"], float) and isinstance(ours["acc"], float)
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_equals_official_on_random_scores(datasets, flag: str, split: str) -> None:
+    data = _data(datasets, flag)
+    y, task = data.splits[split].raw_labels, data.info.task
+    rng = np.random.default_rng(zlib.crc32(f"{flag}/{split}".encode()))
+    for _ in range(4):
+        _assert_official(y, _random_scores(y, task, data.info.n_classes, rng), task)
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "pneumoniamnist"])
+def test_binary_score_layouts(datasets, flag: str) -> None:
+    """Binary scores as softmax rows (N, 2), a single column (N, 1) or a vector (N,)."""
+    data = _data(datasets, flag)
+    y, task = data.splits["test"].raw_labels, data.info.task
+    rng = np.random.default_rng(0)
+    two = _random_scores(y, task, 2, rng)
+    for s in (two, two[:, 1:], two[:, 1]):
+        _assert_official(y, s, task)
+        assert evaluate(y, s, task) == evaluate(y, two, task)
+    # the official threshold is a strict > 0.5 on the class-1 probability
+    half = np.full((len(y), 2), 0.5)
+    assert acc_score(y, half, task) == getACC(y, half, task) == float(np.mean(y == 0))
+    assert auc_score(y, half, task) == 0.5
+
+
+def test_logits_are_not_probabilities() -> None:
+    """The documented pitfall: thresholding logits gives another ACC (AUC is rank-only)."""
+    y = np.array([[0], [0], [1], [1]])
+    p = np.array([[0.7, 0.3], [0.6, 0.4], [0.45, 0.55], [0.2, 0.8]])
+    logits = np.log(p)  # all negative: '> 0.5' never fires
+    assert acc_score(y, p, "binary-class") == 1.0
+    assert acc_score(y, logits, "binary-class") == 0.5
+    assert auc_score(y, p, "binary-class") == auc_score(y, logits, "binary-class") == 1.0
+
+
+@pytest.fixture(scope="module")
+def trained_scores(datasets) -> dict[str, dict[str, np.ndarray]]:
+    """val/test scores of an MLP trained briefly on (at most 256 images of) each train set."""
+    from bench.train import fit
+
+    out = {}
+    for flag, data in datasets.items():
+        tr = data.splits["train"]
+        small = MedData(data.info, data.size, {
+            "train": Split(tr.images[:256], tr.labels[:256], tr.raw_labels[:256]),
+            "val": data.splits["val"], "test": data.splits["test"]})
+        r = fit({"model": "mlp", "hidden": 128, "epochs": 2, "batch_size": 64, "device": "cpu",
+                 "scheduler": "constant"}, small)
+        out[flag] = {"val": r.val_scores, "test": r.test_scores}
+    return out
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_equals_official_on_trained_model_scores(datasets, trained_scores, flag: str) -> None:
+    data = _data(datasets, flag)
+    task = data.info.task
+    for split in ("val", "test"):
+        s, y = trained_scores[flag][split], data.splits[split].raw_labels
+        assert s.shape == (len(y), data.info.n_classes)
+        if task == MULTI:
+            assert ((s > 0) & (s < 1)).all()
+        else:
+            np.testing.assert_allclose(s.sum(axis=1), 1.0, atol=1e-5)
+        _assert_official(y, s, task)
+        # float32 scores (what a GPU gives) too
+        _assert_official(y, s.astype(np.float32), task)
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_class_report_and_confusion(datasets, flag: str) -> None:
+    data = _data(datasets, flag)
+    info = data.info
+    y, task = data.splits["test"].raw_labels, info.task
+    s = _random_scores(y, task, info.n_classes, np.random.default_rng(1))
+    rep = class_report(y, s, task, info.labels)
+    cm = confusion(y, s, task, info.n_classes)
+    assert [r["class"] for r in rep] == list(range(info.n_classes))
+    assert [r["name"] for r in rep] == [INFO[flag]["label"][str(i)] for i in range(info.n_classes)]
+    for r in rep:
+        assert all(0.0 <= r[k] <= 1.0 for k in ("precision", "recall", "f1"))
+    pred = predicted_labels(s, task)
+    if task == MULTI:
+        assert cm.shape == (14, 2, 2)
+        assert (cm.sum(axis=(1, 2)) == len(y)).all()
+        assert [r["support"] for r in rep] == y.sum(axis=0).tolist()
+        assert (cm[:, 1, 1] == ((pred == 1) & (y == 1)).sum(axis=0)).all()
+        per_label_acc = (cm[:, 0, 0] + cm[:, 1, 1]) / len(y)
+        assert np.isclose(per_label_acc.mean(), getACC(y, s, task))
+    else:
+        k = info.n_classes
+        assert cm.shape == (k, k)
+        assert cm.sum() == len(y)
+        counts = np.bincount(y[:, 0], minlength=k)
+        assert (cm.sum(axis=1) == counts).all()
+        assert sum(r["support"] for r in rep) == len(y)
+        assert [r["support"] for r in rep] == counts.tolist()
+        assert np.trace(cm) / len(y) == pytest.approx(getACC(y, s, task), abs=1e-12)
+        for i, r in enumerate(rep):
+            if counts[i]:
+                assert r["recall"] == pytest.approx(cm[i, i] / counts[i])
+            if cm[:, i].sum():
+                assert r["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
+
+
+def test_class_report_without_names() -> None:
+    y = np.array([[0], [1], [2], [2]])
+    s = np.eye(3)[[0, 1, 2, 1]]
+    rep = class_report(y, s, "multi-class")
+    assert [r["name"] for r in rep] == ["0", "1", "2"]
+    assert [r["support"] for r in rep] == [1, 1, 2]
+    assert rep[2]["recall"] == 0.5 and rep[1]["precision"] == 0.5
+
+
+# --- bootstrap CI ------------------------------------------------------------------------------
+
+def _binary_problem(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, 1))
+    p1 = 1 / (1 + np.exp(-(rng.normal(0, 1.5, n) + 1.6 * (y[:, 0] * 2 - 1))))
+    return y, np.stack([1 - p1, p1], axis=1)
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_bootstrap_brackets_point_estimate(datasets, flag: str) -> None:
+    data = _data(datasets, flag)
+    y, task = data.splits["test"].raw_labels, data.info.task
+    rng = np.random.default_rng(2)
+    seeds = [_random_scores(y, task, data.info.n_classes, rng) for _ in range(3)]
+    ci = bootstrap_ci(y, seeds, task, n_boot=200, seed=0)
+    point = {k: float(np.mean([evaluate(y, s, task)[k] for s in seeds])) for k in ("acc", "auc")}
+    for k in ("acc", "auc"):
+        lo, hi = ci[k]
+        assert 0.0 <= lo <= point[k] <= hi <= 1.0, (k, ci[k], point[k])
+        assert hi > lo
+
+
+def test_bootstrap_narrower_with_more_samples() -> None:
+    small = bootstrap_ci(*_binary_problem(100), "binary-class", n_boot=300)
+    large = bootstrap_ci(*_binary_problem(2000), "binary-class", n_boot=300)
+    for k in ("acc", "auc"):
+        assert large[k][1] - large[k][0] < 0.6 * (small[k][1] - small[k][0]), k
+
+
+def test_bootstrap_deterministic_for_a_seed() -> None:
+    y, s = _binary_problem(200)
+    runs = [s, np.roll(s, 1, axis=0)]
+    a = bootstrap_ci(y, runs, "binary-class", n_boot=200, seed=7)
+    assert a == bootstrap_ci(y, runs, "binary-class", n_boot=200, seed=7)
+    assert a != bootstrap_ci(y, runs, "binary-class", n_boot=200, seed=8)
+    # a single array is one run
+    assert bootstrap_ci(y, s, "binary-class", n_boot=100) == \
+        bootstrap_ci(y, [s], "binary-class", n_boot=100)
+
+
+def test_bootstrap_wider_with_seed_spread() -> None:
+    """Resampling seeds too: runs that disagree widen the interval."""
+    y, s = _binary_problem(300)
+    _, other = _binary_problem(300, seed=5)  # unrelated scores: near-chance run
+    one = bootstrap_ci(y, [s, s], "binary-class", n_boot=300)
+    mixed = bootstrap_ci(y, [s, other], "binary-class", n_boot=300)
+    assert mixed["auc"][1] - mixed["auc"][0] > one["auc"][1] - one["auc"][0]

@@ -1,0 +1,288 @@
+"""bench.train: one training run on synthetic (and, slow, real) data; optimizers, schedules,
+losses, determinism, best-epoch selection, early stop, presets and config validation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import MedData, Split, dataset_info, from_arrays, load_dataset, synthetic_arrays
+from bench.errors import UserError
+from bench.metrics import evaluate
+from bench.train import (
+    OPTIMIZERS,
+    PRESETS,
+    SCHEDULERS,
+    TrainConfig,
+    fit,
+    make_loss,
+    resolve_device,
+)
+
+FAST = {"model": "cnn_small", "batch_size": 32, "device": "cpu", "scheduler": "constant"}
+TIMING = ("epoch_s", "images_per_s")
+TINY_3D = {"model": "resnet18_3d", "width": 0.125, "stem": "stride2", "batch_size": 11,
+           "device": "cpu"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models train several times faster on one thread, and much faster still on a
+    shared, busy CPU (OpenMP threads spin-wait for each other); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def organa(synth_dir: Path) -> MedData:
+    return load_dataset("organamnist", data_dir=synth_dir, verify_md5=False)
+
+
+@pytest.fixture(scope="module")
+def chest(synth_dir: Path) -> MedData:
+    return load_dataset("chestmnist", data_dir=synth_dir, verify_md5=False)
+
+
+@pytest.fixture(scope="module")
+def organ3d(synth_dir: Path) -> MedData:
+    return load_dataset("organmnist3d", data_dir=synth_dir, verify_md5=False)
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+
+def _check_result(r, data: MedData, epochs: int) -> None:
+    k = data.info.n_classes
+    assert len(r.history) == epochs
+    assert [h["epoch"] for h in r.history] == list(range(1, epochs + 1))
+    assert all(np.isfinite(h["train_loss"]) for h in r.history)
+    assert r.val_scores.shape == (len(data.splits["val"]), k)
+    assert r.test_scores.shape == (len(data.splits["test"]), k)
+    assert r.val_scores.dtype == np.float64
+    if data.info.multi_label:
+        assert ((r.test_scores >= 0) & (r.test_scores <= 1)).all()
+    else:
+        np.testing.assert_allclose(r.test_scores.sum(axis=1), 1.0, atol=1e-5)
+    # the reported numbers are the official metrics of the returned scores
+    assert r.test == evaluate(data.splits["test"].raw_labels, r.test_scores, data.info.task)
+    assert r.val == evaluate(data.splits["val"].raw_labels, r.val_scores, data.info.task)
+    np.testing.assert_array_equal(r.test_labels, data.splits["test"].raw_labels)
+    s = r.summary()
+    assert s["epochs_run"] == epochs and s["best_epoch"] == r.best_epoch
+    assert s["n_params"] > 0 and s["train_images_per_s"] > 0 and s["device"] == "cpu"
+
+
+# --- optimizers and schedules ------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_learns(organa: MedData, optimizer: str) -> None:
+    lr = 0.05 if optimizer == "sgd" else 3e-3
+    r = fit({**FAST, "optimizer": optimizer, "lr": lr, "epochs": 3}, organa)
+    _check_result(r, organa, 3)
+    assert r.test["auc"] > 0.8, r.test
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_each_scheduler(organa: MedData, scheduler: str) -> None:
+    lr = 1e-3
+    r = fit({**FAST, "scheduler": scheduler, "lr": lr, "epochs": 4}, organa)
+    _check_result(r, organa, 4)
+    lrs = [h["lr"] for h in r.history]  # after the epoch's last step; 3 steps per epoch
+    if scheduler == "multistep":  # x0.1 at 50% and 75% of the steps
+        assert lrs == pytest.approx([lr, lr * 0.1, lr * 0.01, lr * 0.01])
+    elif scheduler == "cosine":
+        assert lrs == sorted(lrs, reverse=True) and lrs[0] < lr
+        assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    elif scheduler == "onecycle":
+        assert lrs[0] > lr / 25 and max(lrs) > lrs[-1] and lrs[-1] < 0.1 * lr
+    else:
+        assert lrs == [lr] * 4
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+def test_multi_label_trains_with_bce(chest: MedData) -> None:
+    assert chest.info.multi_label and chest.splits["train"].labels.dtype == torch.float32
+    r = fit({**FAST, "lr": 3e-3, "epochs": 5}, chest)
+    _check_result(r, chest, 5)
+    assert r.test_scores.shape[1] == 14
+    assert not np.allclose(r.test_scores.sum(axis=1), 1.0)  # sigmoid, not softmax
+    assert r.test["auc"] > 0.5
+
+
+def test_3d_runs(organ3d: MedData) -> None:
+    assert organ3d.splits["train"].images.ndim == 5
+    r = fit({**TINY_3D, "epochs": 1}, organ3d)
+    _check_result(r, organ3d, 1)
+
+
+@pytest.mark.parametrize("flag", ["organamnist", "chestmnist"])
+def test_class_weighting_and_label_smoothing_run(synth_dir: Path, flag: str) -> None:
+    data = load_dataset(flag, data_dir=synth_dir, verify_md5=False)
+    r = fit({**FAST, "epochs": 2, "class_weighting": True, "label_smoothing": 0.1}, data)
+    _check_result(r, data, 2)
+
+
+def _imbalanced() -> MedData:
+    info = dataset_info("breastmnist")
+    arrays = synthetic_arrays("breastmnist", n=(8, 4, 4))
+    arrays["train_labels"] = np.array([[0], [0], [0], [0], [0], [0], [1], [1]], np.uint8)
+    return from_arrays(info, 28, arrays)
+
+
+def test_class_weights_are_inverse_frequency() -> None:
+    data = _imbalanced()
+    loss = make_loss(TrainConfig(class_weighting=True), data)
+    torch.testing.assert_close(loss.weight, torch.tensor([8 / (2 * 6), 8 / (2 * 2)]))
+    assert make_loss(TrainConfig(), data).weight is None
+
+
+def test_label_smoothing_changes_the_loss() -> None:
+    data = _imbalanced()
+    logits, target = torch.tensor([[4.0, -4.0]]), torch.tensor([0])
+    plain = make_loss(TrainConfig(), data)(logits, target)
+    smooth = make_loss(TrainConfig(label_smoothing=0.2), data)(logits, target)
+    assert smooth > plain
+
+
+def test_multi_label_loss_smoothing_and_pos_weight(chest: MedData) -> None:
+    logits = torch.full((2, 14), 6.0)
+    target = torch.ones(2, 14)
+    plain = make_loss(TrainConfig(), chest)(logits, target)
+    assert make_loss(TrainConfig(label_smoothing=0.2), chest)(logits, target) > plain
+    # positives are rarer than negatives (p=0.3), so weighting raises the loss on positives
+    assert make_loss(TrainConfig(class_weighting=True), chest)(logits, target) > plain
+
+
+# --- determinism, selection, early stop --------------------------------------------------------
+
+def test_same_seed_same_run_different_seed_different(organa: MedData) -> None:
+    cfg = {**FAST, "epochs": 2, "aug_hflip": 0.5, "aug_rotation": 10}
+    a, b = fit({**cfg, "seed": 3}, organa), fit({**cfg, "seed": 3}, organa)
+    assert _untimed(a.history) == _untimed(b.history)
+    assert np.array_equal(a.val_scores, b.val_scores)
+    assert np.array_equal(a.test_scores, b.test_scores)
+    assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+    c = fit({**cfg, "seed": 4}, organa)
+    assert not np.array_equal(a.test_scores, c.test_scores)
+    assert _untimed(a.history) != _untimed(c.history)
+
+
+def test_best_epoch_is_argmax_of_val_auc(organa: MedData) -> None:
+    r = fit({**FAST, "optimizer": "sgd", "lr": 0.2, "epochs": 5, "seed": 1}, organa)
+    aucs = [h["val_auc"] for h in r.history]
+    assert r.best_epoch == int(np.argmax(aucs)) + 1
+    # val/test are scored with the best epoch's weights: the same val AUC as that epoch
+    assert r.val["auc"] == aucs[r.best_epoch - 1]
+
+
+def test_on_epoch_true_stops_early(organa: MedData) -> None:
+    seen = []
+
+    def stop_at_2(record: dict) -> bool:
+        seen.append(record)
+        return record["epoch"] == 2
+
+    r = fit({**FAST, "epochs": 5}, organa, on_epoch=stop_at_2)
+    assert len(r.history) == 2 and r.stopped_early
+    assert seen == r.history
+    assert set(seen[0]) >= {"epoch", "train_loss", "val_auc", "val_acc", "lr", "epoch_s",
+                            "images_per_s"}
+    r = fit({**FAST, "epochs": 2}, organa, on_epoch=lambda rec: rec["epoch"] == 2)
+    assert len(r.history) == 2 and not r.stopped_early  # stopping on the last epoch is no stop
+    r = fit({**FAST, "epochs": 2}, organa, on_epoch=lambda rec: None)
+    assert len(r.history) == 2 and not r.stopped_early
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+def test_official_preset() -> None:
+    c = TrainConfig.from_dict({"preset": "official"})
+    assert (c.model, c.optimizer, c.lr, c.scheduler, c.batch_size, c.epochs, c.weight_decay) == \
+        ("resnet18", "adam", 1e-3, "multistep", 128, 100, 0.0)
+    assert PRESETS["official"]["model"] == "resnet18"
+    c = TrainConfig.from_dict({"preset": "official", "epochs": 5, "dataset": "pneumoniamnist"})
+    assert c.epochs == 5 and c.model == "resnet18" and c.dataset == "pneumoniamnist"
+
+
+def test_config_round_trip_and_model_hp() -> None:
+    c = TrainConfig.from_dict({"model": "resnet18_3d", "width": 0.5, "epochs": 3})
+    assert c.model_hp == {"width": 0.5}
+    d = c.to_dict()
+    assert d["width"] == 0.5 and "model_hp" not in d
+    assert TrainConfig.from_dict(d) == c
+    # YAML reads `1e-3` as a string and a search may hand over numpy scalars
+    c = TrainConfig.from_dict({"lr": "1e-3", "epochs": np.int64(4), "batch_size": 64.0})
+    assert (c.lr, c.epochs, c.batch_size) == (1e-3, 4, 64)
+    assert type(c.epochs) is int and type(c.batch_size) is int
+
+
+BAD_CONFIGS = [
+    ({"optimizer": "lion"}, "unknown optimizer 'lion'; choose one of: sgd, adam, adamw, nadam"),
+    ({"scheduler": "step"}, "unknown scheduler 'step'"),
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"epochs": -2}, "epochs must be a positive integer"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+    ({"epochs": "ten"}, "epochs must be an integer, got 'ten'"),
+    ({"epochs": 2.5}, "epochs must be an integer"),
+    ({"lr": "fast"}, "lr must be a number"),
+    ({"lr": 0}, "lr must be positive"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"weight_decay": -0.1}, "weight_decay"),
+    ({"model": "nosuchnet"}, "unknown model 'nosuchnet'; choose one of: .*cnn_small"),
+    ({"model": "cnn_small", "widht": 2}, "widht: not a training option nor a hyperparameter of "
+     "model 'cnn_small'.*width"),
+    ({"model_hp": {"hidden": 8}}, "hidden: not a training option"),
+    ({"preset": "fastest"}, "unknown preset 'fastest'; choose one of: official"),
+    ({"amp": "maybe"}, "amp must be true or false"),
+]
+
+
+@pytest.mark.parametrize(("cfg", "message"), BAD_CONFIGS, ids=[str(c) for c, _ in BAD_CONFIGS])
+def test_bad_configs_are_user_errors(cfg: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        TrainConfig.from_dict(cfg)
+
+
+def test_2d_model_on_3d_data_and_back(organ3d: MedData, organa: MedData) -> None:
+    with pytest.raises(UserError, match="'cnn_small' is for 2D data but organmnist3d is 3D"):
+        fit({**FAST, "epochs": 1}, organ3d)
+    with pytest.raises(UserError, match="'resnet18_3d' is for 3D data but organamnist is 2D"):
+        fit({**TINY_3D, "epochs": 1}, organa)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available; use --device cpu"):
+            resolve_device("cuda")
+
+
+def test_tiny_splits_train(organa: MedData) -> None:
+    """A batch larger than the train split, and an eval batch smaller than val, both work."""
+    tr = organa.splits["train"]
+    small = MedData(organa.info, organa.size, {
+        "train": Split(tr.images[:20], tr.labels[:20], tr.raw_labels[:20]),
+        "val": organa.splits["val"], "test": organa.splits["test"]})
+    r = fit({**FAST, "epochs": 1, "batch_size": 64, "eval_batch_size": 5}, small)
+    _check_result(r, small, 1)
+
+
+# --- real data ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cnn_small_on_real_breastmnist(real_data_dir: Path) -> None:
+    data = load_dataset("breastmnist", data_dir=real_data_dir)
+    r = fit({"model": "cnn_small", "epochs": 10, "device": "cpu", "seed": 0}, data)
+    _check_result(r, data, 10)
+    assert r.test["auc"] > 0.75, r.test
