@@ -89,7 +89,8 @@ def _replay(record: Path | None, job: dict) -> bool:
 
 
 def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
-             done_dir: str | None = None) -> None:
+             done_dir: str | None = None, workers: int = 0, use_gpu: bool = False,
+             storage: str | None = None) -> None:
     """One Tune trial: a search trial reports every epoch; a final trial also writes its
     training-run directory and hands it to Tune as a checkpoint (so it reaches any storage).
 
@@ -113,6 +114,12 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
     reports: list = []
     _trace("start", trial_id)
     _maybe_fail(faults, trial_id)
+    if workers > 1 and phase == "search":  # a Ray Train DDP job inside this Tune trial
+        from bench.distributed import fit_distributed
+
+        fit_distributed(job, data_ref, workers, use_gpu, f"{storage}/train", trial_id)
+        _trace("finish", trial_id)
+        return
     conf = TrainConfig.from_dict(job)
     data = _trial_data(conf.dataset, conf.size, data_ref)
     # `with`: when ASHA stops a trial, Tune raises SystemExit inside tune.report; the context
@@ -248,10 +255,18 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     scheduler = (ASHAScheduler(max_t=budget["max_epochs"], grace_period=budget["grace_period"],
                                reduction_factor=spec.reduction_factor)
                  if spec.scheduler == "asha" else FIFOScheduler())
+    workers = int(spec.distributed.get(family, 0))
+    if workers > 1:  # the trial only drives a TorchTrainer; its workers hold the resources
+        from bench.distributed import DRIVER_RESOURCES
+
+        res_trial, done_dir = DRIVER_RESOURCES, None
+    else:
+        res_trial = res
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults=spec.faults,
-                             done_dir=done_dir),
-        res)
+                             done_dir=done_dir, workers=workers, use_gpu=res["gpu"] > 0,
+                             storage=storage),
+        res_trial)
     tuner = _tuner(
         Path(storage), f"{dataset}__{family}", trainable, space,
         tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
@@ -274,7 +289,8 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
                      "config": cfg, "history": hist,
                      "best_val_auc": best.get("val_auc"), "best_val_acc": best.get("val_acc"),
                      "best_epoch": best.get("epoch"), "epochs_run": len(hist),
-                     "wall_s": wall, "device_s": wall * _device_count(res)})
+                     "wall_s": wall,
+                     "device_s": wall * _device_count(res) * max(1, workers)})
     return rows
 
 

@@ -208,6 +208,10 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
     if spec.scheduler not in SCHEDULERS:
         raise UserError(f"{where}: unknown scheduler {spec.scheduler!r}; use one of "
                         f"{', '.join(SCHEDULERS)}")
+    for fam, w in spec.distributed.items():
+        if fam not in spec.families or not isinstance(w, int) or w < 1:
+            raise UserError(f"{where}: distributed must map families of the spec to a worker "
+                            f"count >= 1 (got {fam!r}: {w!r})")
     for fam, b in spec.budgets.items():
         if fam not in spec.families or not isinstance(b, dict) or \
                 set(b) - {"num_samples", "max_epochs", "grace_period"}:

@@ -260,9 +260,15 @@ class Runner:
 
 
 def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
-        on_epoch: Callable[[dict[str, float]], bool | None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict[str, float]], bool | None] | None = None, *,
+        rank: int = 0, world_size: int = 1,
+        wrap_model: Callable[[nn.Module], nn.Module] | None = None) -> FitResult:
     """Train, keep the weights of the epoch with the best validation AUC, score val and test
-    with them. `on_epoch(record)` may return True to stop early (budgets, schedulers)."""
+    with them. `on_epoch(record)` may return True to stop early (budgets, schedulers).
+
+    Data-parallel use (Ray Train): each of `world_size` workers passes its `rank` and a
+    `wrap_model` (e.g. DDP); every epoch's shuffled order is the same on all workers (same
+    seed) and each takes an equal-length shard, so all run the same number of steps."""
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -275,9 +281,13 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         raise UserError(f"model {cfg.model!r} is for {get_entry(cfg.model).dims}D data but "
                         f"{info.flag} is {info.dims}D; pick a {info.dims}D model")
     run = Runner(cfg, data, model)
+    if wrap_model is not None:
+        run.model = wrap_model(run.model)  # shares `model`'s parameters
     train, val = data.splits["train"], data.splits["val"]
-    n = len(train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    n = len(train) // world_size * world_size  # equal shards: DDP needs equal step counts
+    local = n // world_size
+    batch = max(1, cfg.batch_size // world_size)  # the global batch stays cfg.batch_size
+    steps_per_epoch = math.ceil(local / batch)
     opt = make_optimizer(cfg, run.model.parameters())
     sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs)
     loss_fn = make_loss(cfg, data)
@@ -285,16 +295,17 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
     gen = torch.Generator(device=run.device).manual_seed(cfg.seed)
 
     history: list[dict[str, float]] = []
-    best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(run.model.state_dict())
+    best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     train_time, stopped = 0.0, False
     t_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         run.model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, device=run.device, generator=gen)
+        perm = torch.randperm(len(train), device=run.device, generator=gen)[:n]
+        perm = perm[rank::world_size]
         total = torch.zeros((), device=run.device)
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+        for i in range(0, local, batch):
+            idx = perm[i:i + batch]
             x = augment_batch(run.inputs(train.images[idx]), aug, gen)
             loss = loss_fn(run.forward(x), train.labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -305,18 +316,19 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         epoch_s = time.perf_counter() - t0
         train_time += epoch_s
         val_metrics = evaluate(val.raw_labels, run.scores(val.images), info.task)
-        record = {"epoch": epoch, "train_loss": float(total) / n, "val_auc": val_metrics["auc"],
+        record = {"epoch": epoch, "train_loss": float(total) / local,
+                  "val_auc": val_metrics["auc"],
                   "val_acc": val_metrics["acc"], "lr": opt.param_groups[0]["lr"],
                   "epoch_s": epoch_s, "images_per_s": n / epoch_s}
         history.append(record)
         if record["val_auc"] > best_auc:
             best_auc, best_epoch = record["val_auc"], epoch
-            best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None and on_epoch(record):
             stopped = epoch < cfg.epochs
             break
 
-    run.model.load_state_dict(best_state)
+    model.load_state_dict(best_state)
     val_scores = run.scores(val.images)
     test_scores = run.scores(data.splits["test"].images)
     return FitResult(
