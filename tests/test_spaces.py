@@ -1,0 +1,311 @@
+"""Search spaces and experiment specs: every shipped YAML loads and validates, `to_tune` builds
+the right Ray Tune domains, and each kind of bad input is one clear UserError. No Ray start."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from ray import tune
+from ray.tune.search import sample
+
+from bench.data import dataset_info
+from bench.errors import UserError
+from bench.models import get_entry, list_models
+from bench.spaces import (
+    PRESETS,
+    build_spec,
+    load_family_space,
+    load_spec,
+    spaces_dir,
+    to_tune,
+    validate_param,
+)
+from bench.train import TrainConfig
+
+FAMILY_FILES = sorted(p.stem for p in spaces_dir().glob("*.yaml") if p.stem != "common")
+PRESET_FILES = sorted(p.stem for p in (spaces_dir() / "experiments").glob("*.yaml"))
+
+
+def tiny(**kw) -> dict:
+    """A valid raw spec; tests change one thing at a time."""
+    return {"name": "t", "datasets": ["breastmnist"], "families": ["cnn_small"],
+            "num_samples": 2, "max_epochs": 2, "grace_period": 1, **kw}
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(UserError) as e:
+        build_spec(raw)
+    return str(e.value)
+
+
+# --- the shipped YAML files ---------------------------------------------------------------------
+
+def test_every_family_has_a_space_file_and_every_file_a_family():
+    assert list_models() == FAMILY_FILES
+
+
+@pytest.mark.parametrize("family", FAMILY_FILES)
+def test_family_space_loads_and_validates(family):
+    space = load_family_space(family)
+    entry = get_entry(family)
+    train_keys = set(TrainConfig.__dataclass_fields__) - {"model_hp"}
+    assert space, family
+    for name, p in space.items():
+        assert name in train_keys | set(entry.hparams()), name
+        assert set(p) in ({"value"}, {"values"}, {"distribution", "min", "max"}), (name, p)
+    # the common training options are searched for every family
+    assert {"optimizer", "lr", "batch_size"} <= set(space)
+    # every domain builds, and a sample of it is a config the trainer accepts
+    domains = {k: to_tune(v) for k, v in space.items()}
+    rng = random.Random(0)
+    for _ in range(3):
+        cfg = {k: (d.sample(random_state=rng.randrange(2**31)) if isinstance(d, sample.Domain)
+                   else d) for k, d in domains.items()}
+        TrainConfig.from_dict({**cfg, "model": family, "dataset": "breastmnist", "epochs": 1})
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_builds(preset):
+    assert preset in PRESET_FILES
+    spec = load_spec(preset=preset)
+    assert spec.name == preset
+    assert spec.pairs()
+    assert set(spec.spaces()) == set(spec.families)
+
+
+def test_preset_files_and_names_agree():
+    assert sorted(PRESETS) == PRESET_FILES
+
+
+def test_full_preset_pairs_3d_sets_with_the_3d_family_only():
+    spec = load_spec(preset="full")
+    pairs = spec.pairs()
+    three_d = [(d, f) for d, f in pairs if dataset_info(d).dims == 3]
+    assert three_d
+    assert {f for _, f in three_d} == {"resnet18_3d"}
+    assert {d for d, _ in three_d} == {d for d in spec.datasets if d.endswith("3d")}
+    assert all(get_entry(f).dims == 2 for d, f in pairs if dataset_info(d).dims == 2)
+    n2d = sum(dataset_info(d).dims == 2 for d in spec.datasets)
+    n2f = sum(get_entry(f).dims == 2 for f in spec.families)
+    assert len(pairs) == n2d * n2f + len(three_d)
+
+
+def test_cli_values_override_the_preset():
+    spec = load_spec(preset="smoke", num_samples=5, families="mlp,cnn_small", searcher=None)
+    assert spec.num_samples == 5
+    assert spec.families == ["mlp", "cnn_small"]
+    assert spec.searcher == "random"  # None leaves the preset's value
+
+
+def test_smoke_preset_is_small():
+    spec = load_spec(preset="smoke")
+    assert spec.num_samples <= 4 and spec.max_epochs <= 3 and spec.final_seeds >= 1
+    assert spec.grace_period <= spec.max_epochs
+
+
+# --- to_tune -------------------------------------------------------------------------------------
+
+def test_to_tune_domain_types():
+    assert to_tune({"value": 3}) == 3
+    choice = to_tune({"values": ["adam", "sgd"]})
+    assert isinstance(choice, sample.Categorical)
+    assert list(choice.categories) == ["adam", "sgd"]
+
+    uni = to_tune(validate_param("x", {"distribution": "uniform", "min": 0, "max": 0.5}, "t"))
+    assert isinstance(uni, sample.Float)
+    assert isinstance(uni.get_sampler(), sample.Float._Uniform)
+    assert (uni.lower, uni.upper) == (0.0, 0.5)
+
+    log = to_tune(validate_param("x", {"distribution": "log_uniform", "min": 1e-4,
+                                       "max": 1e-2}, "t"))
+    assert isinstance(log, sample.Float)
+    assert isinstance(log.get_sampler(), sample.Float._LogUniform)
+    assert (log.lower, log.upper) == (1e-4, 1e-2)
+
+
+def test_wandb_alias_log_uniform_values_means_log_uniform():
+    p = validate_param("lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+                       "t")
+    assert p == {"distribution": "log_uniform", "min": 1e-4, "max": 1e-1}
+    assert isinstance(to_tune(p).get_sampler(), sample.Float._LogUniform)
+
+
+def test_int_uniform_is_inclusive_of_max():
+    d = to_tune(validate_param("layers", {"distribution": "int_uniform", "min": 1, "max": 3},
+                               "t"))
+    assert isinstance(d, sample.Integer)
+    assert isinstance(d.get_sampler(), sample.Integer._Uniform)
+    assert (d.lower, d.upper) == (1, 4)  # Tune's upper bound is exclusive
+    seen = set(d.sample(size=400, random_state=0))
+    assert seen == {1, 2, 3}
+
+
+def test_int_log_uniform_is_inclusive_of_max():
+    d = to_tune(validate_param("hidden", {"distribution": "int_log_uniform", "min": 2,
+                                          "max": 4}, "t"))
+    assert isinstance(d, sample.Integer)
+    assert isinstance(d.get_sampler(), sample.Integer._LogUniform)
+    assert (d.lower, d.upper) == (2, 5)
+    seen = set(d.sample(size=600, random_state=0))
+    assert seen == {2, 3, 4}
+
+
+def test_to_tune_domains_match_ray_constructors():
+    # the same types Tune's own constructors return (guards against Ray API drift)
+    assert type(to_tune({"values": [1]})) is type(tune.choice([1]))
+    p = validate_param("x", {"distribution": "int_uniform", "min": 1, "max": 2}, "t")
+    assert type(to_tune(p)) is type(tune.randint(1, 3))
+
+
+def test_bare_scalar_is_a_constant():
+    assert validate_param("x", 0.5, "t") == {"value": 0.5}
+    assert to_tune(validate_param("x", 0.5, "t")) == 0.5
+
+
+def test_family_space_applies_overrides():
+    space = load_family_space("cnn_small", {"width": {"values": [0.25]}, "lr": 0.01})
+    assert space["width"] == {"values": [0.25]}
+    assert space["lr"] == {"value": 0.01}
+    assert space["optimizer"]["values"]  # common.yaml still applies
+
+
+def test_spec_overrides_reach_the_family_space():
+    spec = build_spec(tiny(overrides={"cnn_small": {"width": {"values": [0.5]}}}))
+    assert spec.spaces()["cnn_small"]["width"] == {"values": [0.5]}
+
+
+# --- bad input: one UserError, saying what is wrong ----------------------------------------------
+
+def test_unknown_distribution():
+    with pytest.raises(UserError, match="unknown distribution 'normal'") as e:
+        validate_param("lr", {"distribution": "normal", "min": 0, "max": 1}, "space x")
+    assert "log_uniform" in str(e.value)  # names the choices
+    msg = error_of(tiny(overrides={"cnn_small": {"lr": {"distribution": "normal", "min": 0.1,
+                                                        "max": 1}}}))
+    assert "unknown distribution 'normal'" in msg and "'lr'" in msg
+
+
+def test_min_above_max():
+    with pytest.raises(UserError, match=r"min 0\.5 > max 0\.1; swap them"):
+        validate_param("dropout", {"distribution": "uniform", "min": 0.5, "max": 0.1}, "t")
+
+
+@pytest.mark.parametrize("dist", ["log_uniform", "int_log_uniform", "log_uniform_values"])
+@pytest.mark.parametrize("lo", [0, -1e-3])
+def test_log_distribution_needs_positive_min(dist, lo):
+    with pytest.raises(UserError, match="log distribution needs min > 0"):
+        validate_param("lr", {"distribution": dist, "min": lo, "max": 1}, "t")
+
+
+@pytest.mark.parametrize("bad", [{"values": []}, {"values": 3}, {"distribution": "uniform"},
+                                 {"min": "a", "max": 1}])
+def test_malformed_parameter(bad):
+    with pytest.raises(UserError, match="'p'"):
+        validate_param("p", bad, "t")
+
+
+def test_hyperparameter_the_family_does_not_take():
+    with pytest.raises(UserError) as e:
+        load_family_space("cnn_small", {"hidden": {"values": [64]}})
+    msg = str(e.value)
+    assert "'hidden'" in msg and "cnn_small" in msg and "width" in msg  # lists what it takes
+    msg = error_of(tiny(overrides={"cnn_small": {"hidden": {"values": [64]}}}))
+    assert "'hidden'" in msg
+
+
+def test_unknown_spec_key():
+    msg = error_of(tiny(num_sample=3))
+    assert "unknown key(s) num_sample" in msg and "num_samples" in msg
+
+
+def test_unknown_dataset():
+    msg = error_of(tiny(datasets=["breastmnist", "nosuchmnist"]))
+    assert "unknown dataset 'nosuchmnist'" in msg and "pathmnist" in msg
+
+
+def test_unknown_family():
+    msg = error_of(tiny(families=["cnn_small", "transformer9"]))
+    assert "unknown model 'transformer9'" in msg and "cnn_small" in msg
+
+
+def test_grace_period_above_max_epochs():
+    msg = error_of(tiny(grace_period=5, max_epochs=3))
+    assert "grace_period 5 is above max_epochs 3" in msg
+
+
+def test_num_samples_zero():
+    assert "num_samples must be at least 1" in error_of(tiny(num_samples=0))
+
+
+def test_unknown_searcher():
+    msg = error_of(tiny(searcher="hyperband9"))
+    assert "unknown searcher 'hyperband9'" in msg and "optuna" in msg
+
+
+def test_unknown_scheduler():
+    assert "unknown scheduler 'pbt'" in error_of(tiny(scheduler="pbt"))
+
+
+def test_overrides_for_a_family_not_in_the_spec():
+    msg = error_of(tiny(overrides={"mlp": {"hidden": {"values": [64]}}}))
+    assert "overrides for mlp" in msg and "not in families" in msg
+
+
+def test_3d_dataset_with_only_2d_families():
+    msg = error_of(tiny(datasets=["breastmnist", "organmnist3d"], families=["cnn_small", "mlp"]))
+    assert "no family fits organmnist3d (3D)" in msg and "resnet18_3d" in msg
+
+
+def test_3d_family_with_only_2d_datasets():
+    msg = error_of(tiny(families=["cnn_small", "resnet18_3d"]))
+    assert "'resnet18_3d'" in msg and "fits none of the datasets" in msg
+
+
+def test_no_datasets_or_families():
+    assert "at least one dataset" in error_of(tiny(datasets=[]))
+    assert "at least one dataset" in error_of(tiny(families=""))
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        load_spec(preset="huge")
+
+
+def test_spec_file_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [breastmnist\nfamilies: {")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_spec(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="must be a YAML mapping"):
+        load_spec(listy)
+
+
+def test_spec_file_with_cli_override(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: mine\ndatasets: breastmnist\nfamilies: [mlp]\nnum_samples: 3\n"
+                 "grace_period: 1\nmax_epochs: 2\n")
+    spec = load_spec(f, max_epochs=4)
+    assert (spec.name, spec.datasets, spec.families) == ("mine", ["breastmnist"], ["mlp"])
+    assert (spec.num_samples, spec.max_epochs) == (3, 4)
+
+
+def test_per_family_budgets():
+    spec = build_spec(tiny(families=["cnn_small", "mlp"], num_samples=4, max_epochs=6,
+                           budgets={"mlp": {"num_samples": 2, "max_epochs": 3}}))
+    assert spec.budget("mlp") == {"num_samples": 2, "max_epochs": 3, "grace_period": 1}
+    assert spec.budget("cnn_small") == {"num_samples": 4, "max_epochs": 6, "grace_period": 1}
+
+
+@pytest.mark.parametrize("budgets, text", [
+    ({"resnet18": {"num_samples": 2}}, "budgets must map families of the spec"),
+    ({"cnn_small": {"epochs": 2}}, "budgets must map families of the spec"),
+    ({"cnn_small": {"num_samples": 0}}, "num_samples must be at least 1 (budget of cnn_small)"),
+    ({"cnn_small": {"grace_period": 3}}, "grace_period 3 is above max_epochs 2 (budget of"),
+])
+def test_bad_budgets(budgets, text):
+    assert text in error_of(tiny(budgets=budgets))
