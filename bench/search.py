@@ -364,7 +364,8 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Embedded local Ray by default; `auto` or an address joins a cluster."""
+    """Embedded local Ray by default; `auto` or an address joins a cluster, and so does a job
+    started by `ray job submit` (which sets RAY_ADDRESS)."""
     import ray
 
     if ray.is_initialized():
@@ -378,8 +379,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot reach a Ray cluster at {address!r} ({e}); start one "
                             "(`ray start --head`) or drop --address for a local run") from None
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False,
+    elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join that cluster
+        ray.init(**kw)
+    else:  # "local": never join a cluster some earlier `ray start` left running
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  object_store_memory=1 << 30, **kw)
 
 
