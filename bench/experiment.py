@@ -7,6 +7,7 @@ equal the new spec (else a clear error and nothing is touched), and each Tuner i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -63,7 +64,9 @@ def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
         if not spec_file.exists():
             raise UserError(f"{run_dir} exists and is not a medbench run directory; choose "
                             "another --name/--out")
-        old = yaml.safe_load(spec_file.read_text())
+        old = yaml.safe_load(spec_file.read_text()) or {}
+        with contextlib.suppress(TypeError):  # fields added to Spec since take their defaults
+            old = Spec(**old).to_dict()
         if old != spec.to_dict():
             raise UserError(f"{run_dir} holds a run of a different spec; resume it with the "
                             "same options, or choose another --name")
