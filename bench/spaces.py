@@ -172,7 +172,7 @@ def _as_list(v: Any) -> list[str]:
 def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
     """Dict (from YAML and CLI flags) -> a validated Spec, or one clear UserError."""
     from bench.data import check_size, dataset_info
-    from bench.models import get_entry
+    from bench.models import get_entry, list_models
 
     known = set(Spec.__dataclass_fields__)
     unknown = sorted(set(raw) - known - {"preset"})
@@ -208,15 +208,23 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
     if spec.scheduler not in SCHEDULERS:
         raise UserError(f"{where}: unknown scheduler {spec.scheduler!r}; use one of "
                         f"{', '.join(SCHEDULERS)}")
+    # Per-family settings may name any registered family; those of families this run leaves
+    # out (e.g. a preset narrowed with --families) simply do not apply.
+    for key in ("overrides", "budgets", "distributed"):
+        per_family = getattr(spec, key) or {}
+        for fam in per_family:
+            if fam not in list_models():
+                raise UserError(f"{where}: {key} names unknown family {fam!r}; choose from: "
+                                f"{', '.join(list_models())}")
+        setattr(spec, key, {f: v for f, v in per_family.items() if f in spec.families})
     for fam, w in spec.distributed.items():
-        if fam not in spec.families or not isinstance(w, int) or w < 1:
-            raise UserError(f"{where}: distributed must map families of the spec to a worker "
-                            f"count >= 1 (got {fam!r}: {w!r})")
+        if not isinstance(w, int) or w < 1:
+            raise UserError(f"{where}: distributed must map families to a worker count >= 1 "
+                            f"(got {fam!r}: {w!r})")
     for fam, b in spec.budgets.items():
-        if fam not in spec.families or not isinstance(b, dict) or \
-                set(b) - {"num_samples", "max_epochs", "grace_period"}:
-            raise UserError(f"{where}: budgets must map families of the spec to num_samples / "
-                            f"max_epochs / grace_period (got {fam!r}: {b!r})")
+        if not isinstance(b, dict) or set(b) - {"num_samples", "max_epochs", "grace_period"}:
+            raise UserError(f"{where}: budgets must map families to num_samples / max_epochs / "
+                            f"grace_period (got {fam!r}: {b!r})")
     for fam in [None, *spec.budgets]:
         b = spec.budget(fam) if fam else spec.budget("")
         label = f" (budget of {fam})" if fam else ""
@@ -233,9 +241,6 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
         raise UserError(f"{where}: final_seeds, time_budget_s and max_failures must be >= 0")
     if float(spec.resources.get("cpu", 1)) < 0 or float(spec.resources.get("gpu", 0)) < 0:
         raise UserError(f"{where}: resources must be non-negative")
-    extra = sorted(set(spec.overrides) - set(spec.families))
-    if extra:
-        raise UserError(f"{where}: overrides for {', '.join(extra)}, which are not in families")
     spec.spaces()  # validates every family's space now, before anything runs
     return spec
 

@@ -23,7 +23,7 @@ def test_budget_overrides_only_the_named_family():
 
 
 @pytest.mark.parametrize("budgets, text", [
-    ({"vgg11": {"num_samples": 2}}, "budgets must map families"),
+    ({"nosuchnet": {"num_samples": 2}}, "budgets names unknown family 'nosuchnet'"),
     ({"resnet18": {"epochs": 2}}, "budgets must map families"),
     ({"resnet18": {"num_samples": 0}}, "num_samples must be at least 1 (budget of resnet18)"),
     ({"resnet18": {"max_epochs": 1}}, "grace_period 2 is above max_epochs 1 (budget of resnet18)"),

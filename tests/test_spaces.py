@@ -247,9 +247,16 @@ def test_unknown_scheduler():
     assert "unknown scheduler 'pbt'" in error_of(tiny(scheduler="pbt"))
 
 
-def test_overrides_for_a_family_not_in_the_spec():
-    msg = error_of(tiny(overrides={"mlp": {"hidden": {"values": [64]}}}))
-    assert "overrides for mlp" in msg and "not in families" in msg
+def test_per_family_settings_of_families_left_out_do_not_apply():
+    # a preset narrowed with --families keeps working: mlp's override is simply dropped
+    spec = build_spec(tiny(overrides={"mlp": {"hidden": {"values": [64]}}},
+                           budgets={"mlp": {"num_samples": 1}}, distributed={"mlp": 2}))
+    assert spec.overrides == {} and spec.budgets == {} and spec.distributed == {}
+
+
+def test_per_family_settings_of_an_unknown_family():
+    msg = error_of(tiny(overrides={"nosuchnet": {"hidden": {"values": [64]}}}))
+    assert "overrides names unknown family 'nosuchnet'" in msg and "cnn_small" in msg
 
 
 def test_3d_dataset_with_only_2d_families():
@@ -302,8 +309,8 @@ def test_per_family_budgets():
 
 
 @pytest.mark.parametrize("budgets, text", [
-    ({"resnet18": {"num_samples": 2}}, "budgets must map families of the spec"),
-    ({"cnn_small": {"epochs": 2}}, "budgets must map families of the spec"),
+    ({"nosuchnet": {"num_samples": 2}}, "budgets names unknown family 'nosuchnet'"),
+    ({"cnn_small": {"epochs": 2}}, "budgets must map families to"),
     ({"cnn_small": {"num_samples": 0}}, "num_samples must be at least 1 (budget of cnn_small)"),
     ({"cnn_small": {"grace_period": 3}}, "grace_period 3 is above max_epochs 2 (budget of"),
 ])
