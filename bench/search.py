@@ -429,8 +429,8 @@ def _wait_all(futures: list, board, echo: Callable[[str], None], t0: float,
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=every)
         text = format_progress(ray.get(board.snapshot.remote()), time.time() - t0)
-        body = text.split("\n", 1)[-1]
-        if body != last:
+        body = text.partition("\n")[2]  # the rows; the header holds the ever-changing time
+        if body and body != last:
             echo(text)
             last = body
     return ray.get(futures)
