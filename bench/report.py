@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -35,22 +33,16 @@ from bench.leaderboard import (  # noqa: E402
     read_meta,
     summarize,
 )
-from bench.results import write_text  # noqa: E402
+from bench.results import atomic_write, write_text  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    """savefig to a temp file in the target folder, then rename (atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """savefig atomically (temp file beside it, then rename)."""
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110,
+                                                        bbox_inches="tight"))
     finally:
         plt.close(fig)
-    return path
 
 
 def _grid(n: int, w: float = 4.6, h: float = 3.4) -> tuple[plt.Figure, list[plt.Axes]]:

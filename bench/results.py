@@ -37,12 +37,20 @@ FINAL_COLUMNS = [
 ]
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write to a temp file beside `path`, then rename: readers never see half a file. The
+    file gets the user's usual permissions (mkstemp alone would leave it private, 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -53,7 +61,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda p: p.write_text(text))
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -67,7 +75,7 @@ def write_yaml(path: Path, obj: Any) -> Path:
 
 
 def write_csv(path: Path, df: pd.DataFrame, **kw) -> Path:
-    return _atomic(path, lambda p: df.to_csv(p, **kw))
+    return atomic_write(path, lambda p: df.to_csv(p, **kw))
 
 
 def write_table(path: Path, rows: Iterable[dict], columns: list[str]) -> Path:
@@ -80,7 +88,7 @@ def write_table(path: Path, rows: Iterable[dict], columns: list[str]) -> Path:
                 rec[k] = json.dumps(v, default=str)
         records.append(rec)
     df = pd.DataFrame.from_records(records, columns=columns)
-    return _atomic(path, lambda p: df.to_parquet(p, index=False))
+    return atomic_write(path, lambda p: df.to_parquet(p, index=False))
 
 
 def read_table(path: Path) -> pd.DataFrame:
