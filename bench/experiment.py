@@ -56,6 +56,14 @@ def cluster_resources() -> dict[str, float]:
     return {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
 
 
+def _relative_to(path: str, root: Path) -> str:
+    """A path inside the run directory is recorded relative to it (the directory can move)."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
 def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
     """Create a fresh run directory, or accept an existing one of the same spec (resume).
     Returns True when resuming. Never modifies a directory that holds something else."""
@@ -106,7 +114,8 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
     if final:
         write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
     meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
-            "hardware": hardware(), "cluster": cluster_resources(), "storage": storage,
+            "hardware": hardware(), "cluster": cluster_resources(),
+            "storage": _relative_to(storage, run_dir),
             "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "wall_s": time.time() - t0, "n_trials": len(trials),
             "n_failed_trials": sum(t["status"] == "failed" for t in trials),
