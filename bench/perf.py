@@ -56,6 +56,7 @@ from bench.train import (
     make_optimizer,
     make_scheduler,
     resolve_device,
+    train_step,
 )
 
 FLAG = "pneumoniamnist"
@@ -332,13 +333,8 @@ def our_loop_rate(cfg: TrainConfig, data: MedData, warmup: int, batches: int,
             perm, pos = torch.randperm(n, device=run.device, generator=gen), 0
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        x = augment_batch(run.inputs(train.images[idx]), aug, gen)
-        loss = loss_fn(run.forward(x), train.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += loss.detach() * len(idx)
+        total += train_step(run, opt, sched, loss_fn, aug, gen, train.images[idx],
+                            train.labels[idx])
         if step >= warmup:
             images += len(idx)
             if max_s and time.perf_counter() - t0 >= max_s:
