@@ -57,3 +57,16 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for flag, n in SYNTH_FLAGS.items():
         write_synthetic(flag, root, n=n, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models train several times faster on one thread, and much faster still on a
+    shared, busy CPU (OpenMP threads spin-wait for each other); restored afterwards.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,12 +4,10 @@ per-class report, the confusion matrix and the bootstrap CI."""
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from medmnist.evaluator import getACC, getAUC
 from medmnist.info import INFO
 
@@ -30,14 +28,7 @@ FLAGS = REAL + SYNTH
 MULTI = "multi-label, binary-class"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models train several times faster on one thread, and much faster still on a
-    shared, busy CPU (OpenMP threads spin-wait for each other); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -3,7 +3,6 @@ losses, determinism, best-epoch selection, early stop, presets and config valida
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,7 @@ TINY_3D = {"model": "resnet18_3d", "width": 0.125, "stem": "stride2", "batch_siz
            "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models train several times faster on one thread, and much faster still on a
-    shared, busy CPU (OpenMP threads spin-wait for each other); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
