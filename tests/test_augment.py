@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from bench.augment import AugmentConfig, augment_batch
+from bench.augment import AugmentConfig, affine_grid, augment_batch
 from bench.errors import UserError
 
 ALL_ON = AugmentConfig(hflip=0.5, vflip=0.5, rotation=15, shift=0.1, zoom=0.1)
@@ -43,6 +44,26 @@ def test_hflip_and_vflip_exact() -> None:
     v = batch(2, 1, 3, 4, 5)
     assert torch.equal(augment_batch(v, AugmentConfig(hflip=1.0)), v.flip(-1))
     assert torch.equal(augment_batch(v, AugmentConfig(vflip=1.0)), v.flip(-2).flip(-3))
+
+
+@pytest.mark.parametrize("shape", [[5, 1, 28, 20], [3, 2, 7, 9, 11]])
+def test_affine_grid_matches_torch(shape: list[int]) -> None:
+    spatial = len(shape) - 2
+    theta = torch.randn(shape[0], spatial, spatial + 1, generator=gen(0))
+    expected = F.affine_grid(theta, shape, align_corners=False)
+    assert torch.allclose(affine_grid(theta, shape), expected, atol=1e-5)
+
+
+def test_flips_folded_into_the_warp_are_exact_flips() -> None:
+    # With a negligible warp, the flip carried by theta must land every pixel on its mirror.
+    x = batch(4, 1, 28, 20)
+    y = augment_batch(x, AugmentConfig(hflip=1.0, rotation=1e-9), gen(0))
+    assert torch.allclose(y, x.flip(-1), atol=1e-4)
+    y = augment_batch(x, AugmentConfig(vflip=1.0, zoom=1e-9), gen(0))
+    assert torch.allclose(y, x.flip(-2), atol=1e-4)
+    v = batch(2, 1, 6, 7, 8)
+    y = augment_batch(v, AugmentConfig(vflip=1.0, shift=1e-9), gen(0))
+    assert torch.allclose(y, v.flip(-2).flip(-3), atol=1e-4)
 
 
 def test_flip_is_per_sample() -> None:
