@@ -61,3 +61,18 @@ def test_official_style_item_equals_our_normalisation(tmp_path) -> None:
     torch.testing.assert_close(x, ours, atol=1e-6, rtol=0)
     x_aug, _ = OfficialStyleDataset(imgs, labels, official_transform(augment=True))[3]
     assert x_aug.shape == x.shape and x_aug.min() >= -1 and x_aug.max() <= 1
+
+
+def test_openmp_wait_policy_choice(monkeypatch) -> None:
+    import bench
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(bench.sys, "argv", ["/x/ray/_private/workers/default_worker.py"])
+    assert bench._openmp_wait_policy() == "PASSIVE"  # Ray workers share their node
+    monkeypatch.setattr(bench.sys, "argv", ["/usr/bin/medbench", "train"])
+    assert bench._openmp_wait_policy() is None  # idle machine: OpenMP's default (spinning) wins
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert bench._openmp_wait_policy() == "PASSIVE"  # busier than its cores
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert bench._openmp_wait_policy() is None  # the user's choice is kept
