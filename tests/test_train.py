@@ -12,11 +12,14 @@ import torch
 from bench.data import MedData, Split, dataset_info, from_arrays, load_dataset, synthetic_arrays
 from bench.errors import UserError
 from bench.metrics import evaluate
+from bench.models import create_model
 from bench.train import (
     OPTIMIZERS,
     PRESETS,
     SCHEDULERS,
+    Runner,
     TrainConfig,
+    WeightAverage,
     fit,
     make_loss,
     resolve_device,
@@ -176,6 +179,41 @@ def test_best_epoch_is_argmax_of_val_auc(organa: MedData) -> None:
     assert r.val["auc"] == aucs[r.best_epoch - 1]
 
 
+def test_weight_average_update_rule() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(net, decay=0.99)
+    old = [p.detach().clone() for p in avg.model.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].running_mean.fill_(7.0)
+    avg.update()  # first step: decay warms up to min(0.99, 1/10) = 0.1
+    for a, o, p in zip(avg.model.parameters(), old, net.parameters(), strict=True):
+        torch.testing.assert_close(a, 0.1 * o + 0.9 * p)
+        assert not a.requires_grad
+    assert torch.equal(avg.model[1].running_mean, net[1].running_mean)  # buffers are copied
+    for _ in range(10_000):
+        avg.update()
+    assert min(0.99, 10_001 / 10_010) == 0.99 and avg.steps == 10_001
+
+
+def test_ema_scores_the_averaged_weights(organa: MedData) -> None:
+    cfg = {**FAST, "epochs": 3, "seed": 2, "lr": 0.01}
+    plain, ema = fit(cfg, organa), fit({**cfg, "ema": 0.9}, organa)
+    _check_result(ema, organa, 3)
+    assert not np.array_equal(plain.test_scores, ema.test_scores)
+    # the kept weights are the average's: loading them reproduces the reported test scores
+    test = organa.splits["test"]
+    model = create_model("cnn_small", test.images.shape[1], organa.info.n_classes, organa.size)
+    model.load_state_dict(ema.best_state)
+    run = Runner(TrainConfig.from_dict(cfg), organa, model)
+    np.testing.assert_allclose(run.scores(test.images), ema.test_scores, atol=1e-6)
+    again = fit({**cfg, "ema": 0.9}, organa)
+    assert np.array_equal(again.test_scores, ema.test_scores)
+    assert all(torch.equal(again.best_state[k], ema.best_state[k]) for k in ema.best_state)
+    assert any(not torch.equal(plain.best_state[k], ema.best_state[k]) for k in ema.best_state)
+
+
 def test_on_epoch_true_stops_early(organa: MedData) -> None:
     seen = []
 
@@ -236,6 +274,8 @@ BAD_CONFIGS = [
     ({"model_hp": {"hidden": 8}}, "hidden: not a training option"),
     ({"preset": "fastest"}, "unknown preset 'fastest'; choose one of: official"),
     ({"amp": "maybe"}, "amp must be true or false"),
+    ({"ema": 1.0}, "ema is a decay in \\[0, 1\\)"),
+    ({"ema": -0.5}, "ema is a decay"),
 ]
 
 
