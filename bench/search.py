@@ -421,19 +421,40 @@ def format_progress(state: dict[str, dict], elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def _wait_all(futures: list, board, echo: Callable[[str], None], t0: float,
-              every: float = 10.0) -> list:
+def _wait_all(starters: list[Callable[[], Any]], board, echo: Callable[[str], None], t0: float,
+              every: float = 10.0, cap: int = 0) -> list:
+    """Start each task (`starters` return Ray futures), at most `cap` in flight (0: all at
+    once), print the progress board when it changes, and return the results in order."""
     import ray
 
-    pending, last = list(futures), ""
+    cap = cap or len(starters)
+    futures = [start() for start in starters[:cap]]
+    pending, queued, last = list(futures), list(starters[cap:]), ""
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=every)
+        while queued and len(pending) < cap:  # a slot freed up: start the next one
+            fut = queued.pop(0)()
+            futures.append(fut)
+            pending.append(fut)
         text = format_progress(ray.get(board.snapshot.remote()), time.time() - t0)
         body = text.partition("\n")[2]  # the rows; the header holds the ever-changing time
         if body and body != last:
             echo(text)
             last = body
     return ray.get(futures)
+
+
+def concurrent_experiments(spec: Spec, cluster: dict[str, float]) -> int:
+    """How many Tuners to run at once: the spec's `max_concurrent_experiments`, else as many
+    as the cluster can run trials side by side (more would only queue trials and hold memory),
+    never more than there are experiments."""
+    n_pairs = len(spec.pairs())
+    if spec.max_concurrent_experiments:
+        return min(int(spec.max_concurrent_experiments), n_pairs)
+    res = spec.resources
+    kind, need = ("GPU", res["gpu"]) if res.get("gpu", 0) > 0 else ("CPU", res.get("cpu", 1))
+    slots = int(cluster.get(kind, 0) // need) if need > 0 else n_pairs
+    return max(1, min(slots, n_pairs))
 
 
 def search(spec: Spec, run_dir: Path, storage: str, data_dir: str | Path | None, tracker,
@@ -452,15 +473,21 @@ def search(spec: Spec, run_dir: Path, storage: str, data_dir: str | Path | None,
     spec = resolve_resources(spec)
     board = _progress_board()
     remote = ray.remote(num_cpus=0)(run_experiment)
-    futures = [remote.remote(spec.to_dict(), d, f, storage, data_ref, tracker, board)
-               for d, f in spec.pairs()]
-    trials = [row for rows in _wait_all(futures, board, echo, t0) for row in rows]
+    cap = concurrent_experiments(spec, ray.cluster_resources())
+    if cap < len(spec.pairs()):
+        echo(f"{len(spec.pairs())} experiments, {cap} at a time (max_concurrent_experiments)")
+
+    def starter(d: str, f: str) -> Callable[[], Any]:
+        return lambda: remote.remote(spec.to_dict(), d, f, storage, data_ref, tracker, board)
+
+    results = _wait_all([starter(d, f) for d, f in spec.pairs()], board, echo, t0, cap=cap)
+    trials = [row for rows in results for row in rows]
     finals: list[dict] = []
     if final and spec.final_seeds:
         echo(f"final phase: best config per experiment x {spec.final_seeds} fresh seeds")
-        fut = ray.remote(num_cpus=0)(run_final).remote(
-            spec, storage, data_ref, tracker, board, best_configs(trials))
-        finals = _wait_all([fut], board, echo, t0)[0]
+        best = best_configs(trials)
+        finals = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
+            spec, storage, data_ref, tracker, board, best)], board, echo, t0)[0]
         for row in finals:  # fetch each seed's run directory from storage, on the driver
             ckpt = row.pop("checkpoint", None)
             if ckpt is not None:

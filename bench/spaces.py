@@ -126,6 +126,9 @@ class Spec:
     searcher: str = "random"
     num_samples: int = 8
     max_concurrent_trials: int = 0  # 0: as many as resources allow
+    # Tuners ((dataset, family) searches) running at once; each is a process of ~0.5 GB, so the
+    # full grid (100+ pairs) must not start all at once. 0: as many as trials fit side by side.
+    max_concurrent_experiments: int = 0
     time_budget_s: float = 0  # per (dataset, family) experiment; 0: none
     scheduler: str = "asha"
     grace_period: int = 1
@@ -237,8 +240,10 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
             raise UserError(f"{where}: grace_period {b['grace_period']} is above max_epochs "
                             f"{b['max_epochs']}{label}; ASHA could never stop a trial. "
                             "Lower grace_period")
-    if int(spec.final_seeds) < 0 or spec.time_budget_s < 0 or spec.max_failures < 0:
-        raise UserError(f"{where}: final_seeds, time_budget_s and max_failures must be >= 0")
+    if int(spec.final_seeds) < 0 or spec.time_budget_s < 0 or spec.max_failures < 0 \
+            or int(spec.max_concurrent_experiments) < 0:
+        raise UserError(f"{where}: final_seeds, time_budget_s, max_failures and "
+                        "max_concurrent_experiments must be >= 0")
     if float(spec.resources.get("cpu", 1)) < 0 or float(spec.resources.get("gpu", 0)) < 0:
         raise UserError(f"{where}: resources must be non-negative")
     spec.spaces()  # validates every family's space now, before anything runs

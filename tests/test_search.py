@@ -88,6 +88,8 @@ def tiny_run(ray_session, data_dir, tmp_path_factory):
 def test_run_directory_spec_and_meta(tiny_run):
     spec, run_dir, meta, lines, wall = tiny_run
     assert lines[0].startswith("starting tiny: 4 experiments")
+    # 2 CPUs, 1 per trial: two Tuners at a time, the other two start as slots free up
+    assert "4 experiments, 2 at a time (max_concurrent_experiments)" in lines
     assert yaml.safe_load((run_dir / "spec.yaml").read_text()) == spec.to_dict()
     on_disk = json.loads((run_dir / "meta.json").read_text())
     assert on_disk["name"] == "tiny" and on_disk["resumed"] is False
@@ -163,6 +165,25 @@ def test_final_config_is_the_best_trial_by_validation_auc(tiny_run):
 
 
 # --- 2. retries and failed trials ----------------------------------------------------------------
+
+def test_wait_all_keeps_at_most_cap_tasks_in_flight(ray_session):
+    import ray
+
+    from bench.search import _progress_board, _wait_all
+
+    @ray.remote(num_cpus=0)
+    def span(i: int) -> tuple[int, float, float]:
+        t0 = time.time()
+        time.sleep(0.4)
+        return i, t0, time.time()
+
+    starters = [lambda i=i: span.remote(i) for i in range(5)]
+    out = _wait_all(starters, _progress_board(), lambda _: None, time.time(), every=0.05, cap=2)
+    assert [i for i, _, _ in out] == list(range(5))  # results in the order given
+    in_flight = [sum(a <= t < b for _, a, b in out) for _, t, _ in out]
+    assert max(in_flight) <= 2, out
+    assert out[2][1] >= min(out[0][2], out[1][2])  # the third started only once a slot freed
+
 
 def test_a_failing_trial_is_retried_and_ends_ok(ray_session, data_dir, tmp_path):
     faults = tmp_path / "faults"

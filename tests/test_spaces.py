@@ -316,3 +316,22 @@ def test_per_family_budgets():
 ])
 def test_bad_budgets(budgets, text):
     assert text in error_of(tiny(budgets=budgets))
+
+
+def test_concurrent_experiments_cap() -> None:
+    from bench.search import concurrent_experiments
+
+    def spec(**kw):
+        return build_spec({"name": "t", "datasets": ["breastmnist", "pneumoniamnist"],
+                           "families": ["cnn_small", "mlp", "lstm"], **kw})
+
+    six = spec(resources={"cpu": 1, "gpu": 0})
+    assert concurrent_experiments(six, {"CPU": 2.0}) == 2  # as many as trials fit at once
+    assert concurrent_experiments(six, {"CPU": 64.0}) == 6  # never more than experiments
+    assert concurrent_experiments(six, {"CPU": 0.5}) == 1  # at least one
+    assert concurrent_experiments(spec(resources={"cpu": 2, "gpu": 0}), {"CPU": 8.0}) == 4
+    gpu = spec(resources={"cpu": 4, "gpu": 0.5})
+    assert concurrent_experiments(gpu, {"CPU": 16.0, "GPU": 2.0}) == 4  # 4 half-GPU trials
+    assert concurrent_experiments(spec(max_concurrent_experiments=3), {"CPU": 64.0}) == 3
+    with pytest.raises(UserError, match="max_concurrent_experiments must be >= 0"):
+        spec(max_concurrent_experiments=-1)
