@@ -50,6 +50,21 @@ def git_commit() -> str | None:
         return None
 
 
+def code_sha256(repo: Path | None = None) -> str:
+    """sha256 over the `bench` package's Python files and the search-space YAML (path and
+    content, sorted): it names the code that ran even where there is no git checkout, as in a
+    `ray job submit` upload, which leaves .git behind."""
+    import hashlib
+
+    repo = repo or Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for root, pattern in ((repo / "bench", "*.py"), (repo / "search_spaces", "*.yaml")):
+        for f in sorted(root.rglob(pattern)) if root.is_dir() else []:
+            h.update(f.relative_to(repo).as_posix().encode() + b"\0")
+            h.update(f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def cluster_resources() -> dict[str, float]:
     import ray
 
@@ -114,6 +129,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
     if final:
         write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
     meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
+            "code_sha256": code_sha256(),
             "hardware": hardware(), "cluster": cluster_resources(),
             "storage": _relative_to(storage, run_dir),
             "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

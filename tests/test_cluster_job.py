@@ -202,6 +202,9 @@ def test_ray_job_submit_runs_and_resumes_smoke_preset() -> None:
         assert len(trials) == 2 and set(trials.status) == {"ok"}, trials[["trial_id", "status"]]
         meta = json.loads((out / "meta.json").read_text())
         assert meta["resumed"] is False and meta["cluster"]["CPU"] == 2.0, meta
+        from bench.experiment import code_sha256
+
+        assert meta["code_sha256"] == code_sha256(), meta  # the upload is this checkout's code
 
         second, timings["resumed job"] = _submit(url, "smoke-2", entry, env)
         assert "resuming smoke" in second, second[-4000:]

@@ -210,3 +210,23 @@ def test_every_quoted_subcommand_and_option_exists() -> None:
             if opt not in commands[sub]:
                 problems.append(f"{fname}: `medbench {sub}` has no option {opt}")
     assert not problems, "\n".join(problems)
+
+
+def test_code_sha256_names_the_code_without_git(tmp_path: Path) -> None:
+    """meta.json's code fingerprint: what `ray job submit` runs has no .git to ask."""
+    from bench.experiment import code_sha256
+
+    (tmp_path / "bench" / "models").mkdir(parents=True)
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "bench" / "models" / "cnn.py").write_text("WIDTH = 32\n")
+    (tmp_path / "search_spaces" / "common.yaml").write_text("parameters: {}\n")
+    (tmp_path / "README.md").write_text("docs\n")
+    first = code_sha256(tmp_path)
+    assert code_sha256(tmp_path) == first and len(first) == 64
+    (tmp_path / "README.md").write_text("other docs\n")
+    assert code_sha256(tmp_path) == first  # only code and search spaces count
+    (tmp_path / "bench" / "models" / "cnn.py").write_text("WIDTH = 64\n")
+    changed = code_sha256(tmp_path)
+    assert changed != first
+    (tmp_path / "search_spaces" / "mlp.yaml").write_text("parameters: {}\n")
+    assert code_sha256(tmp_path) != changed

@@ -94,6 +94,9 @@ def test_run_directory_spec_and_meta(tiny_run):
     on_disk = json.loads((run_dir / "meta.json").read_text())
     assert on_disk["name"] == "tiny" and on_disk["resumed"] is False
     assert re.fullmatch(r"[0-9a-f]{40}", on_disk["git_commit"])
+    from bench.experiment import code_sha256
+
+    assert on_disk["code_sha256"] == code_sha256() and len(on_disk["code_sha256"]) == 64
     hw = on_disk["hardware"]
     assert hw["cpu_count"] >= 1 and hw["torch"] and "gpu_count" in hw
     assert 0 < on_disk["wall_s"] <= wall
