@@ -176,6 +176,19 @@ def perf(
 
 
 SpecFile = Annotated[Path | None, typer.Option("--spec", help="experiment spec YAML")]
+# Options shared by `search` and `run` (one definition each).
+Preset = Annotated[str | None, typer.Option(help="smoke | quick | standard | full | breast-recipe")]
+Datasets = Annotated[str | None, typer.Option(help="comma-separated flags")]
+Families = Annotated[str | None, typer.Option(help="comma-separated model families")]
+RunName = Annotated[str | None, typer.Option(help="run name (same name = resume)")]
+RunOut = Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")]
+Storage = Annotated[str | None, typer.Option(help="Tune storage: path, s3:// or gs://")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")]
+Wandb = Annotated[bool, typer.Option("--wandb/--no-wandb",
+                                     help="W&B logging (offline unless WANDB_API_KEY is set)")]
+NumSamples = Annotated[int | None, typer.Option(help="trials per experiment")]
+MaxEpochs = Annotated[int | None, typer.Option()]
+Searcher = Annotated[str | None, typer.Option(help="random | optuna")]
 
 
 def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None,
@@ -204,25 +217,22 @@ def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None
     return run_dir
 
 
-
-
 @app.command()
 def search(
     spec_file: SpecFile = None,
-    preset: Annotated[str | None, typer.Option(help="smoke | quick | standard | full")] = None,
-    datasets: Annotated[str | None, typer.Option(help="comma-separated flags")] = None,
-    families: Annotated[str | None, typer.Option(help="comma-separated model families")] = None,
-    name: Annotated[str | None, typer.Option(help="run name (same name = resume)")] = None,
-    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None,
-    storage: Annotated[str | None, typer.Option(help="Tune storage: path, s3:// or gs://")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None,
+    preset: Preset = None,
+    datasets: Datasets = None,
+    families: Families = None,
+    name: RunName = None,
+    out: RunOut = None,
+    storage: Storage = None,
+    address: Address = None,
     data_dir: DataDir = None,
-    wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="W&B logging "
-                                        "(offline unless WANDB_API_KEY is set)")] = True,
+    wandb: Wandb = True,
     no_verify: NoVerify = False,
-    num_samples: Annotated[int | None, typer.Option(help="trials per experiment")] = None,
-    max_epochs: Annotated[int | None, typer.Option()] = None,
-    searcher: Annotated[str | None, typer.Option(help="random | optuna")] = None,
+    num_samples: NumSamples = None,
+    max_epochs: MaxEpochs = None,
+    searcher: Searcher = None,
 ) -> None:
     """Only the Ray Tune search phase: one Tuner per (dataset, family)."""
     _experiment(spec_file, preset, datasets, families, name, out, storage, address, data_dir,
@@ -232,21 +242,20 @@ def search(
 @app.command()
 def run(
     spec_file: SpecFile = None,
-    preset: Annotated[str | None, typer.Option(help="smoke | quick | standard | full")] = None,
-    datasets: Annotated[str | None, typer.Option(help="comma-separated flags")] = None,
-    families: Annotated[str | None, typer.Option(help="comma-separated model families")] = None,
-    name: Annotated[str | None, typer.Option(help="run name (same name = resume)")] = None,
-    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None,
-    storage: Annotated[str | None, typer.Option(help="Tune storage: path, s3:// or gs://")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None,
+    preset: Preset = None,
+    datasets: Datasets = None,
+    families: Families = None,
+    name: RunName = None,
+    out: RunOut = None,
+    storage: Storage = None,
+    address: Address = None,
     data_dir: DataDir = None,
-    wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="W&B logging "
-                                        "(offline unless WANDB_API_KEY is set)")] = True,
+    wandb: Wandb = True,
     no_verify: NoVerify = False,
-    num_samples: Annotated[int | None, typer.Option(help="trials per experiment")] = None,
-    max_epochs: Annotated[int | None, typer.Option()] = None,
+    num_samples: NumSamples = None,
+    max_epochs: MaxEpochs = None,
     final_seeds: Annotated[int | None, typer.Option(help="fresh seeds per best config")] = None,
-    searcher: Annotated[str | None, typer.Option(help="random | optuna")] = None,
+    searcher: Searcher = None,
     report: Annotated[Path | None, typer.Option(help="report path (default "
                                                 "<run dir>/report.md)")] = None,
 ) -> None:

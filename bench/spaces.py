@@ -22,7 +22,7 @@ from bench.errors import UserError
 DISTRIBUTIONS = ("uniform", "log_uniform", "log_uniform_values", "int_uniform", "int_log_uniform")
 SEARCHERS = ("random", "optuna")
 SCHEDULERS = ("asha", "fifo")
-PRESETS = ("smoke", "quick", "standard", "full")
+PRESETS = ("smoke", "quick", "standard", "full", "breast-recipe")
 
 
 def spaces_dir() -> Path:
