@@ -65,6 +65,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     weight_decay: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="comma-separated seeds, e.g. 100,101,102: one run per seed, then mean ± std, a "
+             "bootstrap CI and the verdict against the published numbers")] = None,
     size: Annotated[int | None, typer.Option(help="image size: 28, 64, 128, 224")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     preset: Annotated[str | None, typer.Option(help="named preset, e.g. official")] = None,
@@ -75,28 +78,61 @@ def train(
     no_verify: NoVerify = False,
     out: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
 ) -> None:
-    """Train one model on one dataset and write a run directory."""
+    """Train one model on one dataset and write a run directory (with --seeds: one per seed,
+    plus final.parquet, so `medbench leaderboard` and `report` read it like a `medbench run`)."""
     from bench.data import load_dataset
-    from bench.results import ensure_fresh_dir, write_training_run
-    from bench.train import TrainConfig, fit, resolve_device
+    from bench.results import ensure_fresh_dir
+    from bench.train import TrainConfig, resolve_device
 
+    if seed is not None and seeds is not None:
+        raise UserError("give either --seed (one run) or --seeds (several), not both")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     cfg: dict[str, Any] = {"preset": preset} if preset else {}
     if config:
         cfg.update(load_yaml(config))
     flags = {"dataset": dataset, "model": model, "epochs": epochs, "lr": lr,
              "optimizer": optimizer, "scheduler": scheduler, "batch_size": batch_size,
-             "weight_decay": weight_decay, "seed": seed, "size": size, "device": device}
+             "weight_decay": weight_decay, "seed": seed_list[0] if seed_list else seed,
+             "size": size, "device": device}
     cfg.update({k: v for k, v in flags.items() if v is not None})
     cfg.update(parse_sets(set_ or []))
     conf = TrainConfig.from_dict(cfg)
-    name = f"{conf.dataset}-{conf.model}-s{conf.seed}"
-    out = out or Path("runs") / f"train-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = f"seeds{seed_list[0]}-{seed_list[-1]}" if seed_list else f"s{conf.seed}"
+    out = out or Path("runs") / f"train-{conf.dataset}-{conf.model}-{tag}-" \
+                                f"{time.strftime('%Y%m%d-%H%M%S')}"
     ensure_fresh_dir(out)
     data = load_dataset(conf.dataset, conf.size, data_dir, verify_md5=not no_verify,
                         device=resolve_device(conf.device))
     typer.echo(f"{conf.dataset} ({data.info.task}, {len(data.splits['train'])} train) | "
                f"{conf.model} | {conf.optimizer} lr {conf.lr:g} | {conf.epochs} epochs | "
                f"batch {conf.batch_size} | {data.device}")
+    if seed_list is None:
+        _train_one(conf, data, out)
+        return
+    from dataclasses import replace
+
+    from bench.leaderboard import build_leaderboard, format_board
+    from bench.results import FINAL_COLUMNS, write_table
+
+    rows = []
+    for s in seed_list:
+        typer.echo(f"--- seed {s} ---")
+        rel = Path("final") / conf.dataset / conf.model / f"seed{s}"
+        result = _train_one(replace(conf, seed=s), data, out / rel)
+        rows.append({"dataset": conf.dataset, "family": conf.model, "seed": s,
+                     "size": conf.size, "config": replace(conf, seed=s).to_dict(),
+                     "history": result.history, **{k: v for k, v in result.summary().items()
+                                                   if k in FINAL_COLUMNS},
+                     "device_s": result.wall_s, "run_dir": str(rel), "status": "ok"})
+    write_table(out / "final.parquet", rows, FINAL_COLUMNS)
+    typer.echo(format_board(build_leaderboard(out)))
+    typer.echo(f"run directory: {out}  (medbench leaderboard / report read it)")
+
+
+def _train_one(conf, data, out: Path):
+    """fit with one progress line per epoch, then the training-run directory and a summary."""
+    from bench.results import write_training_run
+    from bench.train import fit
 
     def progress(r: dict[str, float]) -> None:
         typer.echo(f"epoch {int(r['epoch']):>3}/{conf.epochs}  loss {r['train_loss']:.4f}  "
@@ -104,11 +140,26 @@ def train(
                    f"{r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s")
 
     result = fit(conf, data, on_epoch=progress)
+    name = f"{conf.dataset}-{conf.model}-s{conf.seed}"
     write_training_run(out, conf.to_dict(), data.info, conf.size, result, run=name)
     typer.echo(f"best epoch {result.best_epoch} (by val AUC): val AUC {result.val['auc']:.4f} "
                f"ACC {result.val['acc']:.4f} | test AUC {result.test['auc']:.4f} "
                f"ACC {result.test['acc']:.4f} | {result.wall_s:.1f}s, "
                f"{result.train_images_per_s:.0f} img/s | {out}")
+    return result
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'100,101,102' -> [100, 101, 102], or one clear error."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers such as 100,101,102, got "
+                        f"{text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds needs distinct non-negative integers, got {text!r}")
+    return seeds
 
 
 @app.command()

@@ -100,6 +100,33 @@ def test_train_writes_a_rescorable_run_directory(synth_dir: Path, tmp_path: Path
     model.load_state_dict(saved["state_dict"])
 
 
+def test_train_seeds_writes_a_leaderboard_run(synth_dir: Path, tmp_path: Path) -> None:
+    """--seeds: one training-run directory per seed plus final.parquet, which `medbench
+    leaderboard` reads like a `medbench run` (mean, std, CI, verdicts)."""
+    out = tmp_path / "seeds"
+    result = _invoke("train", "--dataset", "organamnist", "--data-dir", synth_dir, "--no-verify",
+                     "--epochs", 1, "--device", "cpu", "--set", "threads=1", "--seeds", "7,8,9",
+                     "--out", out)
+    assert result.exit_code == 0, result.output + result.stderr
+    final = pd.read_parquet(out / "final.parquet")
+    assert final["seed"].tolist() == [7, 8, 9] and (final["status"] == "ok").all()
+    for row in final.itertuples():
+        run_dir = out / row.run_dir
+        assert run_dir == out / "final" / "organamnist" / "cnn_small" / f"seed{row.seed}"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert (metrics["test_acc"], metrics["test_auc"]) == (row.test_acc, row.test_auc)
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == row.seed
+        _rescore_prediction_csvs(run_dir, "organamnist", synth_dir,
+                                 f"organamnist-cnn_small-s{row.seed}")
+    assert final["test_auc"].nunique() > 1  # different seeds, different runs
+    mean, std = final["test_acc"].mean(), final["test_acc"].std(ddof=1)
+    assert f"| cnn_small | 28 | 3 | {mean:.3f} ± {std:.3f} [" in result.output
+    board = _invoke("leaderboard", out, "--format", "csv")
+    assert board.exit_code == 0, board.output
+    row = pd.read_csv(__import__("io").StringIO(board.output)).iloc[0]
+    assert row["n_seeds"] == 3 and row["acc_lo"] <= row["test_acc_mean"] <= row["acc_hi"]
+
+
 def test_train_from_config_file_multi_label(synth_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "train.yaml"
     # `lr: 1e-3` is a string to PyYAML; the trainer must still take it as a number
@@ -207,6 +234,12 @@ BAD_TRAIN = {
                   "--set 'width': expected key=value"),
     "non-numeric --set": (["--dataset", "organamnist", *SYN, "--set", "lr=fast"],
                           "lr must be a number, got 'fast'"),
+    "bad --seeds": (["--dataset", "organamnist", *SYN, "--seeds", "1,two"],
+                    "--seeds takes comma-separated integers such as 100,101,102, got '1,two'"),
+    "repeated --seeds": (["--dataset", "organamnist", *SYN, "--seeds", "3,3"],
+                         "--seeds needs distinct non-negative integers"),
+    "--seed and --seeds": (["--dataset", "organamnist", *SYN, "--seed", "1", "--seeds", "2,3"],
+                           "either --seed \\(one run\\) or --seeds \\(several\\), not both"),
 }
 if not torch.cuda.is_available():
     BAD_TRAIN["no cuda"] = (["--dataset", "organamnist", *SYN, "--device", "cuda"],
