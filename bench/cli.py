@@ -118,9 +118,10 @@ def train(
     for s in seed_list:
         typer.echo(f"--- seed {s} ---")
         rel = Path("final") / conf.dataset / conf.model / f"seed{s}"
-        result = _train_one(replace(conf, seed=s), data, out / rel)
+        seed_conf = replace(conf, seed=s)
+        result = _train_one(seed_conf, data, out / rel)
         rows.append({"dataset": conf.dataset, "family": conf.model, "seed": s,
-                     "size": conf.size, "config": replace(conf, seed=s).to_dict(),
+                     "size": conf.size, "config": seed_conf.to_dict(),
                      "history": result.history, **{k: v for k, v in result.summary().items()
                                                    if k in FINAL_COLUMNS},
                      "device_s": result.wall_s, "run_dir": str(rel), "status": "ok"})

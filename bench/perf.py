@@ -116,7 +116,8 @@ class ToTensor:
     """torchvision's `ToTensor()` on a PIL image, op for op (torchvision itself is not installed:
     it pins a CUDA torch): copy the pixels into a uint8 tensor, view as H x W x C, permute to
     C x H x W, make it contiguous, convert to float and divide by 255. The per-op cost is the
-    point: a numpy shortcut here made the "official" data path 4x faster than the real one."""
+    point: a numpy shortcut here made the "official" data path 1.8x faster (57k vs 33k
+    images/s on 2 cores) than this op-for-op version."""
 
     def __call__(self, pic: Image.Image) -> torch.Tensor:
         img = torch.from_numpy(np.array(pic, np.uint8, copy=True))

@@ -278,14 +278,16 @@ class WeightAverage:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.decay, self.steps = decay, 0
-        self._src = model
+        # tensor lists built once: update() runs after every optimiser step
+        self._avg, self._src = list(self.model.parameters()), list(model.parameters())
+        self._buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
 
     @torch.no_grad()
     def update(self) -> None:
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
         self.steps += 1
-        torch._foreach_lerp_(list(self.model.parameters()), list(self._src.parameters()), 1 - d)
-        for b, src in zip(self.model.buffers(), self._src.buffers(), strict=True):
+        torch._foreach_lerp_(self._avg, self._src, 1 - d)
+        for b, src in self._buffers:
             b.copy_(src)  # BatchNorm statistics: the current ones
 
 
