@@ -51,14 +51,14 @@ def git_commit() -> str | None:
 
 
 def code_sha256(repo: Path | None = None) -> str:
-    """sha256 over the `bench` package's Python files and the search-space YAML (path and
+    """sha256 over the `bench` package's Python files and its YAML (search spaces; path and
     content, sorted): it names the code that ran even where there is no git checkout, as in a
     `ray job submit` upload, which leaves .git behind."""
     import hashlib
 
     repo = repo or Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for root, pattern in ((repo / "bench", "*.py"), (repo / "search_spaces", "*.yaml")):
+    for root, pattern in ((repo / "bench", "*.py"), (repo / "bench", "*.yaml")):
         for f in sorted(root.rglob(pattern)) if root.is_dir() else []:
             h.update(f.relative_to(repo).as_posix().encode() + b"\0")
             h.update(f.read_bytes() + b"\0")

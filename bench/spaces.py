@@ -26,8 +26,9 @@ PRESETS = ("smoke", "quick", "standard", "full", "breast-recipe")
 
 
 def spaces_dir() -> Path:
-    """search_spaces/ at the repository root (the YAML files are data users edit)."""
-    return Path(__file__).resolve().parent.parent / "search_spaces"
+    """The search spaces and presets ship inside the package (so a wheel finds them); the
+    checkout's top-level `search_spaces/` is a link to this folder for users who edit them."""
+    return Path(__file__).resolve().parent / "search_spaces"
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:

@@ -217,9 +217,9 @@ def test_code_sha256_names_the_code_without_git(tmp_path: Path) -> None:
     from bench.experiment import code_sha256
 
     (tmp_path / "bench" / "models").mkdir(parents=True)
-    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "bench" / "search_spaces").mkdir()
     (tmp_path / "bench" / "models" / "cnn.py").write_text("WIDTH = 32\n")
-    (tmp_path / "search_spaces" / "common.yaml").write_text("parameters: {}\n")
+    (tmp_path / "bench" / "search_spaces" / "common.yaml").write_text("parameters: {}\n")
     (tmp_path / "README.md").write_text("docs\n")
     first = code_sha256(tmp_path)
     assert code_sha256(tmp_path) == first and len(first) == 64
@@ -228,5 +228,5 @@ def test_code_sha256_names_the_code_without_git(tmp_path: Path) -> None:
     (tmp_path / "bench" / "models" / "cnn.py").write_text("WIDTH = 64\n")
     changed = code_sha256(tmp_path)
     assert changed != first
-    (tmp_path / "search_spaces" / "mlp.yaml").write_text("parameters: {}\n")
+    (tmp_path / "bench" / "search_spaces" / "mlp.yaml").write_text("parameters: {}\n")
     assert code_sha256(tmp_path) != changed
