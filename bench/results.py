@@ -29,6 +29,7 @@ import pandas as pd
 TRIAL_COLUMNS = [
     "dataset", "family", "trial_id", "status", "error", "config", "history",
     "best_val_auc", "best_val_acc", "best_epoch", "epochs_run", "wall_s", "device_s",
+    "finished_at",  # unix time of the trial's last report: search history in finish order
 ]
 FINAL_COLUMNS = [
     "dataset", "family", "seed", "size", "config", "history",

@@ -290,7 +290,8 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
                      "best_val_auc": best.get("val_auc"), "best_val_acc": best.get("val_acc"),
                      "best_epoch": best.get("epoch"), "epochs_run": len(hist),
                      "wall_s": wall,
-                     "device_s": wall * _device_count(res) * max(1, workers)})
+                     "device_s": wall * _device_count(res) * max(1, workers),
+                     "finished_at": (r.metrics or {}).get("timestamp")})  # finish order
     return rows
 
 
