@@ -6,67 +6,92 @@ Why it is shaped this way:
   machine where W&B was never configured, and a disabled tracker never imports it at all.
 * Tracking is optional telemetry, never a reason for a benchmark to fail. Every call into ``wandb``
   (``init``, ``log``, ``finish``) is wrapped: on an error we warn once per process and kind of
-  failure (``warnings.warn``), and the run turns into a no-op. An online ``init`` that fails (no
-  network, bad key, W&B outage) falls back to an offline run in the same directory, which
-  ``wandb sync`` can upload later; after the first online failure a process goes straight to
-  offline so each later trial does not pay the ``init_timeout`` again.
-* :class:`Tracker` is a small frozen dataclass so it pickles cheaply to Ray worker processes. The
-  mode is resolved once on the driver (:meth:`Tracker.from_env`); workers only need
-  ``WANDB_API_KEY`` in their environment when the mode is ``online``.
-* Trials run concurrently in Ray worker processes and one worker runs trials one after another
-  (``reuse_actors``). ``wandb.init`` in 0.31 defaults to ``reinit="return_previous"`` outside
-  notebooks, which would silently hand a new trial the previous trial's run if that one was never
-  finished (e.g. the trial raised). We pass ``reinit="create_new"`` and always log through the
-  ``Run`` object (never ``wandb.log``), so runs in one process never get mixed up.
+  failure (``warnings.warn``), and the run turns into a no-op. An online ``init`` that fails falls
+  back to an offline run in the same directory (``wandb sync`` uploads it later); after the first
+  online failure a process goes straight to offline so later trials do not wait again.
+* An unreachable server is found once, on the driver, with a plain TCP connect to the W&B host
+  (:func:`_server_reachable`, a few seconds at most) before any trial starts: ``wandb.init`` would
+  otherwise retry for its whole ``init_timeout`` in every Ray worker process.
+* :class:`Tracker` is a small frozen dataclass so it pickles cheaply to Ray worker processes. Its
+  ``mode`` is resolved once on the driver (:meth:`Tracker.from_env`) and is the one switch:
+  ``online``, ``offline`` or ``disabled``.
+* Search trials must leave complete runs although Tune stops them from outside. Tune ends a
+  stopped trial by raising ``SystemExit`` in the trial's thread and then, without waiting for that
+  thread, ends the worker process; wandb's own exit hook then tears down its service while the
+  trial thread is still inside ``finish`` (``MailboxClosedError``/``HandleAbandonedError`` in
+  ``debug.log``, and a ``.wandb`` file holding nothing). So the first run a process starts
+  registers :func:`_finish_open_runs` with ``atexit`` *after* wandb registered its teardown; exit
+  hooks run last-registered first, so every open run is finished (or its in-flight ``finish``
+  waited for) while the service is still alive.
+* Each epoch is logged with ``commit=True``: a row logged at an explicit step is otherwise held
+  back until the next step arrives, and a trial stopped after its first epoch had no history.
+* Ray's W&B integration was weighed and not used. ``ray.air.integrations.wandb.setup_wandb`` is a
+  thin ``wandb.init`` inside the trial with the same stop race and no fallback;
+  ``WandbLoggerCallback`` finishes runs from the driver, but starts one extra actor process per
+  trial, sees only what is passed to ``tune.report``, and its ``init`` failure is not degraded to
+  offline. We keep Ray's conventions: the W&B run id comes from the trial id (``resume="allow"``),
+  so a restarted trial continues its run instead of making a second one.
+* Runs in one process are kept apart: ``reinit="create_new"`` and logging through the ``Run``
+  object (never ``wandb.log``); a run a crashed trial left open is finished before the next starts.
 * The API key is never passed to ``wandb`` by us, never put in config, and never written to a file
   or a log; ``wandb`` reads it from ``WANDB_API_KEY`` itself. A test greps the run directory for it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import logging
 import math
 import os
-import struct
+import re
+import socket
 import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; pandas is not needed to import this module
     import pandas as pd
 
 __all__ = [
-    "OfflineRun",
     "TrackedRun",
     "Tracker",
     "TrackingWarning",
     "log_leaderboard",
-    "read_offline_run",
+    "run_id",
 ]
 
 log = logging.getLogger(__name__)
 
 MODES = ("offline", "online", "disabled")
+# File under <root>/wandb/ where every started run appends the mode it really used, so the
+# driver can tell "online", "offline", or "fallback" (online asked, some runs went offline).
+MODES_FILE = "medbench-modes.txt"
 
-# Seconds an online ``wandb.init`` may take before we give up and fall back to offline. Short,
-# because every trial would otherwise stall this long when W&B is unreachable. Overridable with
-# MEDBENCH_WANDB_INIT_TIMEOUT for slow-but-working networks.
-DEFAULT_INIT_TIMEOUT_S = 20.0
+# Seconds an online ``wandb.init`` may take before we fall back to offline (once per process).
+# Overridable with MEDBENCH_WANDB_INIT_TIMEOUT for slow-but-working networks.
+DEFAULT_INIT_TIMEOUT_S = 8.0
+# Seconds the driver's reachability probe may take (TCP connect to the W&B host).
+DEFAULT_PROBE_TIMEOUT_S = 3.0
 # Seconds ``finish`` may spend uploading at the end of an online run; the rest stays on disk for
 # ``wandb sync``. Offline runs upload nothing, so their finish is fast regardless.
 DEFAULT_FINISH_TIMEOUT_S = 60.0
+# Seconds the exit hook waits for a trial thread's own in-flight ``finish``.
+EXIT_WAIT_S = 30.0
 
 # Process-wide state. Kinds of failure we have already warned about (warn once, then log at DEBUG)
 # and whether online init failed here (then later runs in this process go offline at once).
 _WARNED: set[str] = set()
 _ONLINE_FAILED: bool = False
 # Runs this process started and has not finished yet (see Tracker.start: one at a time).
-_ACTIVE: list[_WandbRun] = []
-_ACTIVE_LOCK = threading.Lock()
+_OPEN: list[_WandbRun] = []
+_OPEN_LOCK = threading.Lock()
+_EXIT_HOOK_REGISTERED = False
 
 
 class TrackingWarning(UserWarning):
@@ -102,9 +127,9 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
-def _resolve_mode(enabled: bool) -> str:
-    """The W&B mode implied by ``enabled`` and the environment (see :meth:`Tracker.from_env`)."""
-    if not enabled:
+def _resolve_mode(wanted: bool) -> str:
+    """The W&B mode implied by ``wanted`` and the environment (see :meth:`Tracker.from_env`)."""
+    if not wanted:
         return "disabled"
     env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if env_mode in ("disabled", "off"):
@@ -116,6 +141,26 @@ def _resolve_mode(enabled: bool) -> str:
     if os.environ.get("WANDB_API_KEY", "").strip():
         return "online"
     return "offline"
+
+
+def _server_reachable(timeout: float) -> tuple[bool, str]:
+    """Whether a TCP connection to the W&B server (``WANDB_BASE_URL``) opens within ``timeout``.
+
+    Why: with the server unreachable, ``wandb.init`` retries until its ``init_timeout`` in every
+    process that starts a run; one connect on the driver settles it for the whole benchmark.
+    """
+    url = os.environ.get("WANDB_BASE_URL", "").strip() or "https://api.wandb.ai"
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    host = parsed.hostname or "api.wandb.ai"
+    try:
+        port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    except ValueError:
+        return False, f"{url} has an invalid port"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return False, f"cannot connect to {host}:{port} ({err})"
+    return True, ""
 
 
 _WANDB_MODE_VALUES = ("online", "offline", "shared", "disabled", "dryrun", "run")
@@ -162,6 +207,21 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def run_id(experiment: str, key: str) -> str:
+    """A W&B run id for ``key`` (e.g. a Tune trial id) inside ``experiment``.
+
+    Deterministic, so a restarted trial resumes its run. W&B ids allow letters, digits, ``-`` and
+    ``_`` and must be unique per project; the experiment name keeps two runs' trials apart, and a
+    long or exotic name is shortened with a hash of the whole so it stays unique.
+    """
+    raw = f"{experiment}-{key}" if experiment else key
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-")
+    if clean == raw and len(clean) <= 64:
+        return clean
+    digest = hashlib.sha1(raw.encode()).hexdigest()[:10]
+    return f"{clean[:53]}-{digest}"
+
+
 def _settings(mode: str) -> Any:
     """``wandb.Settings`` for our runs: quiet, no console capture, bounded timeouts.
 
@@ -196,12 +256,12 @@ class TrackedRun:
     """One tracked run. This base class is the no-op used when tracking is off or W&B failed.
 
     Why a class with a no-op base: callers write ``run.log(...)`` / ``run.finish(...)``
-    unconditionally, with no ``if tracker.enabled`` branches scattered through training code.
+    unconditionally, with no ``if`` branches scattered through training code.
     It is also a context manager: ``with tracker.start(...) as run:`` finishes the run and marks
     it failed (exit code 1) if the block raised.
     """
 
-    active: bool = False
+    live: bool = False  # True while a real W&B run is open
     dir: Path | None = None  # the W&B run directory, when there is one
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -224,37 +284,56 @@ def _finish_stale_runs() -> None:
     """Finish runs this process left open before a new one starts.
 
     Why: a Ray worker runs trial after trial (``reuse_actors``), one at a time. A trial whose
-    code never reached ``finish`` (it crashed, or Tune stopped it inside ``tune.report`` and
-    nothing caught the ``SystemExit``) would otherwise stay open until the worker is killed, and
-    wandb-core only writes an offline run's buffered records to disk when the run is finished:
-    we measured such runs as 7-byte ``.wandb`` files holding no data at all.
+    code never reached ``finish`` would otherwise stay open until the worker ends, and a later
+    ``wandb.init`` must not mix its records with the new trial's.
     """
-    with _ACTIVE_LOCK:
-        stale = list(_ACTIVE)
+    with _OPEN_LOCK:
+        stale = list(_OPEN)
     for run in stale:
         log.debug("finishing W&B run left open by an earlier trial in this process")
         run.finish()
 
 
+def _finish_open_runs() -> None:
+    """Exit hook: finish every run still open, or wait for a finish already under way.
+
+    Registered after wandb's own service teardown hook, so it runs before it (see module doc).
+    A run Tune stopped is a clean stop: exit code 0.
+    """
+    with _OPEN_LOCK:
+        runs = list(_OPEN)
+    for run in runs:
+        run.finish(wait_s=EXIT_WAIT_S)
+
+
+def _register_exit_hook() -> None:
+    global _EXIT_HOOK_REGISTERED
+    if not _EXIT_HOOK_REGISTERED:
+        atexit.register(_finish_open_runs)
+        _EXIT_HOOK_REGISTERED = True
+
+
 class _WandbRun(TrackedRun):
     """A live ``wandb`` run; any error turns it into a no-op (after one warning)."""
 
-    active = True
+    live = True
 
     def __init__(self, run: Any) -> None:
         self._run: Any = run
+        # Held for the whole of finish: the exit hook waits on it for a trial thread's finish.
+        self._finishing = threading.Lock()
         self.dir = Path(run.dir).parent if getattr(run, "dir", None) else None
-        with _ACTIVE_LOCK:
-            _ACTIVE.append(self)
+        with _OPEN_LOCK:
+            _OPEN.append(self)
 
     def _forget(self) -> None:
-        with _ACTIVE_LOCK, contextlib.suppress(ValueError):
-            _ACTIVE.remove(self)
+        with _OPEN_LOCK, contextlib.suppress(ValueError):
+            _OPEN.remove(self)
 
     def _fail(self, kind: str, err: BaseException) -> None:
         """Stop talking to W&B for this run after an error; try to close it quietly."""
         _warn_once(kind, f"{type(err).__name__}: {err}")
-        run, self._run, self.active = self._run, None, False
+        run, self._run, self.live = self._run, None, False
         self._forget()
         if run is not None:
             with contextlib.suppress(Exception):
@@ -264,24 +343,37 @@ class _WandbRun(TrackedRun):
         if self._run is None:
             return
         try:
-            self._run.log(dict(metrics), step=step)
+            self._run.log(dict(metrics), step=step, commit=True)
         except Exception as err:
             self._fail("log", err)
 
-    def finish(self, summary: Mapping[str, Any] | None = None, *, exit_code: int = 0) -> None:
-        run = self._run
-        if run is None:
+    def finish(
+        self,
+        summary: Mapping[str, Any] | None = None,
+        *,
+        exit_code: int = 0,
+        wait_s: float = -1,
+    ) -> None:
+        if not self._finishing.acquire(timeout=wait_s):
+            log.debug("W&B finish still running after %.0f s; leaving it", wait_s)
             return
-        self._run, self.active = None, False
-        self._forget()
         try:
-            if summary:
-                run.summary.update({str(k): _plain(v) for k, v in summary.items()})
-            run.finish(exit_code=exit_code)
-        except Exception as err:
-            _warn_once("finish", f"{type(err).__name__}: {err}")
-            with contextlib.suppress(Exception):
-                run.finish(exit_code=1)
+            run = self._run
+            if run is None:
+                return
+            self._run, self.live = None, False
+            try:
+                if summary:
+                    run.summary.update({str(k): _plain(v) for k, v in summary.items()})
+                run.finish(exit_code=exit_code)
+            except Exception as err:
+                _warn_once("finish", f"{type(err).__name__}: {err}")
+                with contextlib.suppress(Exception):
+                    run.finish(exit_code=1)
+            finally:
+                self._forget()
+        finally:
+            self._finishing.release()
 
 
 @dataclass(frozen=True)
@@ -290,39 +382,56 @@ class Tracker:
 
     ``root`` is the benchmark's run directory (absolute); W&B writes ``<root>/wandb/...``, so
     offline runs land in ``<root>/wandb/offline-run-*`` next to the results they describe.
+    ``mode`` is ``online``, ``offline`` or ``disabled``; ``requested`` is what the user's
+    environment asked for (``online`` with ``mode`` ``offline`` means the server was unreachable).
+    ``experiment`` (the run name) goes into every run's group and tags, so runs of different
+    benchmark runs never merge in the W&B UI.
     """
 
-    enabled: bool
     project: str
     root: str
-    mode: str = field(default="offline")
+    mode: str = "offline"
+    experiment: str = ""
+    requested: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"Tracker mode must be one of {MODES}, got {self.mode!r}")
 
     @classmethod
-    def from_env(cls, enabled: bool, project: str, root: str | Path) -> Tracker:
-        """Resolve the mode once, on the driver, from ``enabled`` and the environment.
+    def from_env(
+        cls, wanted: bool, project: str, root: str | Path, experiment: str | None = None
+    ) -> Tracker:
+        """Resolve the mode once, on the driver, from ``wanted`` and the environment.
 
-        ``disabled`` if not enabled (or ``WANDB_MODE=disabled``); ``online`` if
+        ``disabled`` if not wanted (or ``WANDB_MODE=disabled``); ``online`` if
         ``WANDB_MODE=online`` or ``WANDB_API_KEY`` is set (and ``WANDB_MODE`` isn't
-        offline/disabled); otherwise ``offline``. Offline is the default because it needs no
-        account or network and the runs can still be uploaded later with ``wandb sync``.
-        ``root`` is made absolute because Ray workers run with a different working directory.
+        offline/disabled) and the server answers; otherwise ``offline``. Offline is the default
+        because it needs no account or network and the runs can still be uploaded later with
+        ``wandb sync``. ``root`` is made absolute because Ray workers run elsewhere; the
+        experiment name defaults to the run directory's name.
         """
-        mode = _resolve_mode(enabled)
+        root_path = Path(root).expanduser().resolve()
+        requested = _resolve_mode(wanted)
+        mode = requested
+        if mode == "online":
+            ok, why = _server_reachable(
+                _env_float("MEDBENCH_WANDB_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT_S)
+            )
+            if not ok:
+                _warn_once(
+                    "init-online",
+                    f"W&B server unreachable: {why}; logging offline under {root_path}/wandb"
+                    " instead (upload later with `wandb sync`)",
+                )
+                mode = "offline"
         return cls(
-            enabled=mode != "disabled",
             project=project,
-            root=str(Path(root).expanduser().resolve()),
+            root=str(root_path),
             mode=mode,
+            experiment=experiment if experiment is not None else root_path.name,
+            requested=requested,
         )
-
-    @property
-    def active(self) -> bool:
-        """True when :meth:`start` will try to talk to W&B."""
-        return self.enabled and self.mode != "disabled"
 
     def start(
         self,
@@ -332,14 +441,17 @@ class Tracker:
         job_type: str,
         config: Mapping[str, Any],
         tags: list[str] | None = None,
+        key: str | None = None,
     ) -> TrackedRun:
         """Start a run; returns a no-op :class:`TrackedRun` when disabled or when W&B fails.
 
-        ``group`` ties runs together in the W&B UI (e.g. all seeds of one config, or all trials of
-        one dataset x family search); ``job_type`` says what the run is (``trial``, ``final``,
-        ``leaderboard``). Finish a run before starting the next one in the same process.
+        ``group`` ties runs together in the W&B UI (e.g. all trials of one dataset x family
+        search); it is prefixed with the experiment name, which is also added to ``tags``.
+        ``job_type`` says what the run is (``search``, ``final``, ``leaderboard``). ``key`` (a Tune
+        trial id) makes the run id deterministic and resumable: a restarted trial continues its
+        run. Finish a run before starting the next one in the same process.
         """
-        if not self.active:
+        if self.mode == "disabled":
             return TrackedRun()
         os.environ.setdefault("WANDB_SILENT", "true")  # the login banner ignores Settings.silent
         _drop_invalid_wandb_mode()
@@ -348,15 +460,19 @@ class Tracker:
         except OSError as err:
             _warn_once("init", f"cannot create run directory {self.root}: {err}")
             return TrackedRun()
-        kwargs = dict(
+        all_tags = [self.experiment] if self.experiment else []
+        all_tags += [t for t in (tags or []) if t not in all_tags]
+        kwargs: dict[str, Any] = dict(
             project=self.project,
             dir=self.root,
             name=name,
-            group=group,
+            group=f"{self.experiment}/{group}" if self.experiment else group,
             job_type=job_type,
             config=_plain(dict(config)),
-            tags=list(tags) if tags else None,
+            tags=all_tags or None,
         )
+        if key:
+            kwargs.update(id=run_id(self.experiment, key), resume="allow")
         _finish_stale_runs()
         mode = self.mode
         global _ONLINE_FAILED
@@ -388,7 +504,43 @@ class Tracker:
             return None
         if run is None or not hasattr(run, "log"):
             return None
+        _register_exit_hook()  # after wandb registered its teardown: ours runs first
+        self._record_mode(mode)
         return _WandbRun(run)
+
+    def _record_mode(self, mode: str) -> None:
+        """Append the mode a run really used to ``<root>/wandb/medbench-modes.txt``.
+
+        One short ``O_APPEND`` write per run, so concurrent workers never interleave lines.
+        """
+        with contextlib.suppress(OSError):
+            path = Path(self.root) / "wandb" / MODES_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, f"{mode}\n".encode())
+            finally:
+                os.close(fd)
+
+    def used_mode(self) -> str:
+        """The mode the runs really used: ``online``, ``offline``, ``disabled`` or ``fallback``
+        (online was asked for, and at least one run, or all, went offline).
+
+        Read from the runs' records on the driver's disk; with no record (no run started yet,
+        or runs on other machines) it is the planned mode, or ``fallback`` when the driver
+        already found the server unreachable.
+        """
+        if self.mode == "disabled":
+            return "disabled"
+        if self.requested == "online" and self.mode != "online":
+            return "fallback"
+        try:
+            used = set((Path(self.root) / "wandb" / MODES_FILE).read_text().split())
+        except OSError:
+            used = set()
+        if self.mode == "online" and "offline" in used:
+            return "fallback"
+        return self.mode
 
 
 def _plain_table_frame(board: pd.DataFrame) -> pd.DataFrame:
@@ -424,17 +576,20 @@ def log_leaderboard(
     tracker: Tracker,
     board: pd.DataFrame,
     figures: Mapping[str, Path],
-    name: str = "leaderboard",
+    name: str | None = None,
 ) -> None:
     """Log the leaderboard as one run of job_type ``leaderboard``: a table plus the figures.
 
-    The board becomes a ``wandb.Table`` under the key ``leaderboard`` (offline it is stored as
+    The run is named ``<experiment>-leaderboard`` unless ``name`` is given. The board becomes a
+    ``wandb.Table`` under the key ``leaderboard`` (offline it is stored as
     ``files/media/table/leaderboard_*.table.json`` in the run directory); each figure becomes a
     ``wandb.Image`` under ``figures/<key>``. Missing figure files are skipped with a warning.
     Like everything here, a failure warns and returns; it never raises.
     """
-    if not tracker.active:
+    if tracker.mode == "disabled":
         return
+    if name is None:
+        name = f"{tracker.experiment}-leaderboard" if tracker.experiment else "leaderboard"
     run = tracker.start(
         name=name,
         group="leaderboard",
@@ -459,129 +614,3 @@ def log_leaderboard(
         return
     run.log(payload)
     run.finish()
-
-
-# --- reading offline runs back (tests, debugging) ------------------------------------------------
-
-
-@dataclass
-class OfflineRun:
-    """What an offline ``.wandb`` file holds, decoded to plain Python (values JSON-decoded)."""
-
-    run_id: str
-    name: str
-    group: str
-    job_type: str
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    summary: dict[str, Any]
-    tags: list[str]
-    complete: bool  # the final ``exit`` record was found: the run was finished and flushed
-    exit_code: int | None = None
-
-
-_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks, 7-byte record headers
-_HEADER = 7
-
-
-def _records(path: Path) -> list[bytes]:
-    """The raw protobuf records of a ``.wandb`` file (LevelDB log framing, no CRC check)."""
-    data = path.read_bytes()
-    if not data:  # created but not flushed yet
-        return []
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B transaction log (header {data[:7]!r})")
-    pos, pending, out = _HEADER, b"", []
-    while pos + _HEADER <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < _HEADER:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
-        pos += _HEADER
-        if pos + length > len(data):  # a record still being written
-            break
-        chunk = data[pos : pos + length]
-        pos += length
-        if kind == 1:  # FULL
-            out.append(chunk)
-        elif kind == 2:  # FIRST
-            pending = chunk
-        elif kind == 3:  # MIDDLE
-            pending += chunk
-        elif kind == 4:  # LAST
-            out.append(pending + chunk)
-            pending = b""
-    return out
-
-
-def read_offline_run(run_dir: str | Path, wait_s: float = 10.0) -> OfflineRun:
-    """Decode ``<root>/wandb/offline-run-*/run-*.wandb`` into config, history and summary.
-
-    Why: 0.31 writes no ``config.yaml``/``wandb-history.jsonl`` for offline runs (everything is
-    in the binary ``.wandb`` log that ``wandb sync`` uploads), and ``wandb`` no longer ships a
-    Python reader for it. Uses ``wandb``'s own protobuf definitions.
-
-    ``run.finish()`` returns before the wandb-core writer has flushed and closed the file (we
-    measured reads right after ``finish`` that saw an empty file), so this re-reads for up to
-    ``wait_s`` seconds until the run's final ``exit`` record is there; ``complete`` says whether
-    it was.
-    """
-    import time
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        out = _read_offline_run_once(Path(run_dir))
-        if out.complete or time.monotonic() >= deadline:
-            return out
-        time.sleep(0.05)
-
-
-def _read_offline_run_once(run_dir: Path) -> OfflineRun:
-    """One pass of :func:`read_offline_run` over the file as it is now."""
-    import json
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    run_dir = Path(run_dir)
-    files = sorted(run_dir.glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
-
-    def key_of(item: Any) -> str:
-        return item.key or "/".join(item.nested_key)
-
-    def decode(text: str) -> Any:
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-
-    out = OfflineRun("", "", "", "", {}, [], {}, [], False)
-    for raw in _records(files[0]):
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            r = rec.run
-            out.run_id, out.name, out.group, out.job_type = (
-                r.run_id,
-                r.display_name,
-                r.run_group,
-                r.job_type,
-            )
-            out.tags = list(r.tags)
-            out.config.update({key_of(u): decode(u.value_json) for u in r.config.update})
-        elif kind == "config":
-            out.config.update({key_of(u): decode(u.value_json) for u in rec.config.update})
-        elif kind == "history":
-            out.history.append({key_of(i): decode(i.value_json) for i in rec.history.item})
-        elif kind == "summary":
-            out.summary.update(
-                {key_of(u): decode(u.value_json) for u in rec.summary.update if key_of(u)}
-            )
-        elif kind == "exit":
-            out.complete = True
-            out.exit_code = rec.exit.exit_code
-    out.config.pop("_wandb", None)
-    return out

@@ -14,9 +14,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from wandb_reader import offline_runs, read_offline_run
 
 from bench import tracking
-from bench.tracking import TrackedRun, Tracker, TrackingWarning, log_leaderboard, read_offline_run
+from bench.tracking import TrackedRun, Tracker, TrackingWarning, log_leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
 # WANDB_SERVICE: wandb puts its service address in os.environ, so a child process would reuse
@@ -42,10 +43,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     tracking._reset_process_state()
     yield
     tracking._reset_process_state()
-
-
-def offline_runs(root: Path) -> list[Path]:
-    return sorted((root / "wandb").glob("offline-run-*"))
 
 
 def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -81,9 +78,35 @@ def test_from_env_resolves_mode(
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setattr(tracking, "_server_reachable", lambda timeout: (True, ""))
     t = Tracker.from_env(enabled, "proj", tmp_path)
     assert t.mode == mode
-    assert t.enabled == (mode != "disabled")
+    assert t.used_mode() == mode
+
+
+def test_unreachable_server_goes_offline_on_the_driver(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One TCP connect on the driver, not a wandb.init timeout in every worker; recorded."""
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    with pytest.warns(TrackingWarning, match="unreachable.*127.0.0.1:9"):
+        t = Tracker.from_env(True, "proj", tmp_path)
+    assert (t.requested, t.mode, t.used_mode()) == ("online", "offline", "fallback")
+    run = t.start(name="a", group="g", job_type="search", config={"x": 1})
+    run.log({"y": 1}, step=0)
+    run.finish()
+    (run_dir,) = offline_runs(tmp_path)
+    assert read_offline_run(run_dir).history[0]["y"] == 1
+
+
+def test_used_mode_reports_runs_that_fell_back(tmp_path: Path) -> None:
+    t = Tracker(project="p", root=str(tmp_path), mode="online", requested="online")
+    assert t.used_mode() == "online"
+    t._record_mode("online")
+    assert t.used_mode() == "online"
+    t._record_mode("offline")  # a worker whose online init failed
+    assert t.used_mode() == "fallback"
 
 
 def test_empty_wandb_mode_from_ray_runtime_env_is_ignored(
@@ -95,9 +118,19 @@ def test_empty_wandb_mode_from_ray_runtime_env_is_ignored(
     t = Tracker.from_env(True, "proj", tmp_path)
     assert t.mode == "offline"
     run = t.start(name="a", group="g", job_type="trial", config={})
-    assert run.active
+    assert run.live
     run.finish()
     assert "WANDB_MODE" not in os.environ
+
+
+def test_run_id_is_deterministic_valid_and_unique() -> None:
+    assert tracking.run_id("quick", "ab12c_00003") == "quick-ab12c_00003"
+    long = tracking.run_id("x" * 80, "ab12c_00003")
+    assert len(long) <= 64 and long == tracking.run_id("x" * 80, "ab12c_00003")
+    assert long != tracking.run_id("x" * 79 + "y", "ab12c_00003")
+    odd = tracking.run_id("my run/2", "t1")
+    assert set(odd) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+    assert odd != tracking.run_id("my run-2", "t1")
 
 
 def test_tracker_is_picklable_and_root_absolute(
@@ -109,7 +142,7 @@ def test_tracker_is_picklable_and_root_absolute(
     assert t.root == str(tmp_path / "runs" / "x")
     assert pickle.loads(pickle.dumps(t)) == t
     with pytest.raises(ValueError, match="mode"):
-        Tracker(enabled=True, project="p", root=str(tmp_path), mode="sometimes")
+        Tracker(project="p", root=str(tmp_path), mode="sometimes")
 
 
 # --- disabled ----------------------------------------------------------------------------------
@@ -125,7 +158,7 @@ def test_disabled_is_noop_without_importing_wandb(tmp_path: Path) -> None:
         assert "wandb" not in sys.modules, "import bench.tracking must not import wandb"
         t = Tracker.from_env(False, "proj", {str(root)!r})
         run = t.start(name="a", group="g", job_type="trial", config={{"lr": 0.1}})
-        assert type(run) is TrackedRun and not run.active
+        assert type(run) is TrackedRun and not run.live
         run.log({{"loss": 1.0}}, step=0)
         run.finish({{"best": 1.0}})
         log_leaderboard(t, pd.DataFrame({{"acc": [0.5]}}), {{}})
@@ -143,7 +176,7 @@ def test_disabled_is_noop_without_importing_wandb(tmp_path: Path) -> None:
 
 
 def test_offline_run_records_config_history_summary(tmp_path: Path) -> None:
-    t = Tracker.from_env(True, "medbench-test", tmp_path / "run")
+    t = Tracker.from_env(True, "medbench-test", tmp_path / "run", experiment="quick")
     assert t.mode == "offline"
     run = t.start(
         name="trial-1",
@@ -151,8 +184,9 @@ def test_offline_run_records_config_history_summary(tmp_path: Path) -> None:
         job_type="trial",
         config={"lr": 0.01, "model": {"width": 32}, "data": tmp_path / "d", "shape": (28, 28)},
         tags=["smoke"],
+        key="ab12c_00003",
     )
-    assert run.active
+    assert run.live
     for epoch in range(3):
         run.log({"val/auc": 0.5 + 0.1 * epoch, "train/loss": 1.0 / (epoch + 1)}, step=epoch)
     run.finish({"best/val_auc": 0.7})
@@ -165,10 +199,11 @@ def test_offline_run_records_config_history_summary(tmp_path: Path) -> None:
     assert rec.complete
     assert (rec.name, rec.group, rec.job_type, rec.tags) == (
         "trial-1",
-        "breastmnist/cnn",
+        "quick/breastmnist/cnn",  # the experiment keeps smoke/quick/full runs apart
         "trial",
-        ["smoke"],
+        ["quick", "smoke"],
     )
+    assert rec.run_id == "quick-ab12c_00003"  # from the trial id: a restart resumes it
     assert rec.config == {
         "lr": 0.01,
         "model": {"width": 32},
@@ -192,7 +227,7 @@ def test_sequential_runs_in_one_process_stay_separate(tmp_path: Path) -> None:
     stale = t.start(name="b", group="g", job_type="trial", config={"i": 1})
     stale.log({"x": 1})
     third = t.start(name="c", group="g", job_type="trial", config={"i": 2})
-    assert not stale.active  # finished by the next start
+    assert not stale.live  # finished by the next start
     third.log({"x": 2})
     third.finish()
     stale.finish(exit_code=1)  # too late: a no-op
@@ -224,7 +259,7 @@ def test_context_manager_finishes_and_marks_failure(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), run as r:
         r.log({"x": 1})
         raise RuntimeError("trial crashed")
-    assert not r.active
+    assert not r.live
     (run_dir,) = offline_runs(tmp_path)
     rec = read_offline_run(run_dir)
     assert rec.history[0]["x"] == 1
@@ -252,7 +287,7 @@ def test_log_leaderboard_writes_table_and_figures(tmp_path: Path) -> None:
 
     (run_dir,) = offline_runs(tmp_path / "run")
     rec = read_offline_run(run_dir)
-    assert rec.job_type == "leaderboard" and rec.name == "leaderboard"
+    assert rec.job_type == "leaderboard" and rec.name == "run-leaderboard"
     (table,) = (run_dir / "files" / "media" / "table").glob("leaderboard_*.table.json")
     import json
 
@@ -310,14 +345,14 @@ def test_failing_init_degrades_to_noop_with_one_warning(
     t = Tracker.from_env(True, "medbench-test", tmp_path)
     with pytest.warns(TrackingWarning, match="W&B is down"):
         run = t.start(name="a", group="g", job_type="trial", config={})
-    assert type(run) is TrackedRun and not run.active
+    assert type(run) is TrackedRun and not run.live
     run.log({"x": 1})
     run.finish({"y": 2})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second failure in the same process does not warn again
         again = t.start(name="b", group="g", job_type="trial", config={})
         log_leaderboard(t, pytest.importorskip("pandas").DataFrame({"a": [1]}), {})
-    assert not again.active
+    assert not again.live
 
 
 def test_online_failure_falls_back_to_offline_once(
@@ -335,10 +370,10 @@ def test_online_failure_falls_back_to_offline_once(
         return real_init(*args, mode=mode, **kwargs)
 
     monkeypatch.setattr(wandb, "init", flaky)
-    t = Tracker(enabled=True, project="medbench-test", root=str(tmp_path), mode="online")
+    t = Tracker(project="medbench-test", root=str(tmp_path), mode="online")
     with pytest.warns(TrackingWarning, match="offline"):
         run = t.start(name="a", group="g", job_type="trial", config={})
-    assert run.active
+    assert run.live
     run.log({"x": 1})
     run.finish()
     t.start(name="b", group="g", job_type="trial", config={}).finish()
@@ -349,7 +384,7 @@ def test_online_failure_falls_back_to_offline_once(
 def test_failing_log_degrades_to_noop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     t = Tracker.from_env(True, "medbench-test", tmp_path)
     run = t.start(name="a", group="g", job_type="trial", config={})
-    assert run.active
+    assert run.live
 
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
@@ -357,7 +392,7 @@ def test_failing_log_degrades_to_noop(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setattr(run._run, "log", boom)  # type: ignore[attr-defined]
     with pytest.warns(TrackingWarning, match="disk full"):
         run.log({"x": 1})
-    assert not run.active
+    assert not run.live
     run.log({"x": 2})
     run.finish()
 
@@ -368,4 +403,4 @@ def test_unwritable_root_degrades_to_noop(tmp_path: Path) -> None:
     t = Tracker.from_env(True, "medbench-test", blocker / "run")
     with pytest.warns(TrackingWarning, match="cannot create"):
         run = t.start(name="a", group="g", job_type="trial", config={})
-    assert not run.active
+    assert not run.live
