@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import metrics
+from bench import metrics, selection
 from bench.baselines import load_published
 from bench.errors import UserError
 from bench.results import read_table
@@ -30,8 +30,12 @@ REF_3D = "ResNet-18+3D"
 # Cost: `trials` search trials of this (dataset, family); `device_s`/`wall_s` summed over those
 # trials and all final seeds (failed included: they cost too) -- a sum, not elapsed time, since
 # trials run in parallel; `run_wall_s` is the whole run's elapsed time from meta.json.
+# `family` names the entry: a family's seeds as single models, or `<family> ×N ens` for their
+# averaged probabilities (kind "ensemble"). `picked`: the entry the run's rule chooses per
+# dataset, by validation score only (bench.selection.pick_entries).
 BOARD_COLUMNS = [
-    "run", "dataset", "family", "size", "task", "n_seeds", "n_failed",
+    "run", "dataset", "family", "kind", "picked", "val_score", "size", "task", "n_seeds",
+    "n_failed",
     "test_acc_mean", "test_acc_std", "acc_lo", "acc_hi",
     "test_auc_mean", "test_auc_std", "auc_lo", "auc_hi", "val_auc_mean",
     "ref_method", "ref_acc", "ref_auc",
@@ -229,13 +233,67 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
         row["wall_s"] = float(pd.to_numeric(t["wall_s"]).sum() + pd.to_numeric(g["wall_s"]).sum())
         row["run_wall_s"] = run_wall.get(run)
         row["baseline_note"] = note
+        row["kind"] = "single"
+        row["val_score"] = (float(selection.score(ok["val_auc"].astype(float).mean(),
+                                                  ok["val_acc"].astype(float).mean()))
+                            if len(ok) else math.nan)
         rows.append(row)
-    return pd.DataFrame.from_records(rows, columns=BOARD_COLUMNS)
+        ens = _ensemble_row(row, ok, task, n_boot)
+        if ens is not None:
+            ens.update(_compare(ens, cand, ref))
+            rows.append(ens)
+    board = pd.DataFrame.from_records(rows, columns=BOARD_COLUMNS)
+    return mark_picked(board)
+
+
+def ensemble_scores(group: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """The seeds' probabilities averaged (val and test), or None when fewer than two seeds
+    have scores on disk. Averaging probabilities is what `predict` would do with the members."""
+    loaded = [load_scores(r.root, r.run_dir) for r in group.itertuples()]
+    if len(loaded) < 2 or any(s is None for s in loaded):
+        return None
+    return {"val_scores": np.mean([s["val_scores"] for s in loaded], axis=0),
+            "test_scores": np.mean([s["test_scores"] for s in loaded], axis=0),
+            "val_labels": loaded[0]["val_labels"], "test_labels": loaded[0]["test_labels"]}
+
+
+def _ensemble_row(single: dict, ok: pd.DataFrame, task: str, n_boot: int) -> dict | None:
+    """The seed ensemble of one family as an entry of its own: official metrics of the averaged
+    probabilities, a bootstrap CI over test images, and the members' summed cost."""
+    s = ensemble_scores(ok)
+    if s is None:
+        return None
+    test = metrics.evaluate(s["test_labels"], s["test_scores"], task)
+    val = metrics.evaluate(s["val_labels"], s["val_scores"], task)
+    ci = metrics.bootstrap_ci(s["test_labels"], [s["test_scores"]], task, n_boot=n_boot)
+    row = {k: single[k] for k in ("run", "dataset", "size", "task", "n_failed", "trials",
+                                  "device_s", "wall_s", "run_wall_s", "baseline_note")}
+    row.update(family=f"{single['family']} ×{len(ok)} ens", kind="ensemble", n_seeds=len(ok),
+               test_acc_mean=test["acc"], test_auc_mean=test["auc"], test_acc_std=math.nan,
+               test_auc_std=math.nan, val_auc_mean=val["auc"],
+               val_score=selection.score(val["auc"], val["acc"]))
+    for m in METRICS:
+        row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]
+    return row
+
+
+def mark_picked(board: pd.DataFrame) -> pd.DataFrame:
+    """`picked` = True on the entry with the best validation score per (run, dataset)."""
+    board = board.copy()
+    board["picked"] = False
+    for run, g in board.dropna(subset=["val_score"]).groupby("run", sort=False):
+        chosen = selection.pick_entries(
+            [{"dataset": r.dataset, "entry": r.family, "val_score": r.val_score}
+             for r in g.itertuples()])
+        for flag, entry in chosen.items():
+            board.loc[(board.run == run) & (board.dataset == flag) & (board.family == entry),
+                      "picked"] = True
+    return board
 
 
 def summarize(board: pd.DataFrame) -> pd.DataFrame:
-    """Per (family, size): mean rank by test AUC within each dataset (1 = best), and
-    wins/ties/losses against every published method by the same CI rule as `verdict`.
+    """Per (family, size), seed ensembles left out: mean rank by test AUC within each dataset
+    (1 = best), and wins/ties/losses against every published method by the CI rule of `verdict`.
 
     Long format, one row per (family, size, method), so it stays flat for csv/json.
     """
@@ -245,6 +303,7 @@ def summarize(board: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     published = load_published()
     order = {m: i for i, m in enumerate(dict.fromkeys(published["method"]))}
+    board = board[board["kind"] != "ensemble"] if "kind" in board else board  # families only
     b = board.assign(rank=board.groupby("dataset")["test_auc_mean"].rank(ascending=False,
                                                                           method="average"))
     rows = []
@@ -303,7 +362,9 @@ def _md(board: pd.DataFrame) -> str:
         return "_No final runs to show._\n"
     out = ["Cells: mean ± std over seeds [95% bootstrap CI over test images and seeds]. "
            "Published values beside ours with (ours − published, verdict); a verdict is "
-           "**above**/**below** only when our CI excludes the published number.", ""]
+           "**above**/**below** only when our CI excludes the published number. "
+           "`×N ens`: the N seeds' probabilities averaged (CI over test images). "
+           "**picked**: the entry the run chooses per dataset, by validation score only.", ""]
     multi_run = board["run"].nunique() > 1
     for flag, g in board.groupby("dataset", sort=True):
         refs = g["ref_method"].unique()
@@ -315,8 +376,9 @@ def _md(board: pd.DataFrame) -> str:
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in g.iterrows():
             seeds = f"{r['n_seeds']}" + (f" (+{r['n_failed']} failed)" if r["n_failed"] else "")
+            entry = f"**{r['family']}** (picked)" if r.get("picked") is True else r["family"]
             cells = ([r["run"]] if multi_run else []) + [
-                r["family"], str(r["size"]), seeds, _cell(r, "acc"), _cell(r, "auc"),
+                entry, str(r["size"]), seeds, _cell(r, "acc"), _cell(r, "auc"),
                 _vs(r, "acc", "resnet18"), _vs(r, "auc", "resnet18"),
                 _vs(r, "acc", "best"), _vs(r, "auc", "best"),
                 str(r["trials"]), _fmt(r["device_s"], ".0f")]
@@ -328,6 +390,26 @@ def _md(board: pd.DataFrame) -> str:
                                                            for s, m in sorted(by_size.items())))
         out += [""] + [f"Note: {n}." for n in notes] + ([""] if notes else [])
     return "\n".join(out).rstrip() + "\n"
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """`summarize` as one markdown table: a row per (family, size), a column per published
+    method holding `W/T/L` by the CI rule as `AUC · ACC`."""
+    if summary.empty:
+        return "_No final runs to summarise._\n"
+    methods = list(dict.fromkeys(summary["method"]))
+    out = ["Mean rank by test AUC within each dataset (1 = best); then wins/ties/losses "
+           "(W/T/L) against each published method by the CI rule, as `AUC · ACC`.", "",
+           "| family | size | mean rank | datasets | " + " | ".join(methods) + " |",
+           "|" + "---|" * (4 + len(methods))]
+    for (fam, size), g in summary.groupby(["family", "size"], sort=False):
+        by = g.set_index("method")
+        cells = [f"{by.loc[m, 'auc_wins']}/{by.loc[m, 'auc_ties']}/{by.loc[m, 'auc_losses']} · "
+                 f"{by.loc[m, 'acc_wins']}/{by.loc[m, 'acc_ties']}/{by.loc[m, 'acc_losses']}"
+                 if m in by.index else "-" for m in methods]
+        out.append(f"| {fam} | {size} | {g['mean_rank_auc'].iloc[0]:.2f} | "
+                   f"{g['n_datasets'].iloc[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def format_board(board: pd.DataFrame, fmt: str = "md") -> str:

@@ -76,7 +76,8 @@ def test_published_table_missing_flag_is_an_error(tmp_path, monkeypatch):
 
 def test_board_numbers_equal_metrics_from_scores(run_a, board):
     assert list(board.columns) == BOARD_COLUMNS
-    assert len(board) == 4
+    assert len(board) == 8 and (board["kind"] == "ensemble").sum() == 4  # one per family
+    board = board[board["kind"] == "single"]
     seeds = load_seeds(run_a)
     for r in board.itertuples():
         ok = seeds[(seeds["dataset"] == r.dataset) & (seeds["family"] == r.family)
@@ -105,7 +106,7 @@ def test_ci_contains_the_mean_and_families_are_ordered(board):
 
 def test_published_comparison_and_cost(board):
     pub = load_published()
-    for r in board.itertuples():
+    for r in board[board["kind"] == "single"].itertuples():
         p = pub[pub["flag"] == r.dataset]
         assert r.ref_method == "ResNet-18 (28)" and r.baseline_note == ""
         for m in ("acc", "auc"):
@@ -142,7 +143,7 @@ def test_merging_two_runs(run_a, board, tmp_path):
     run_b = make_run(tmp_path, "run-b", strengths={"cnn": 2.0}, seed=5,
                      datasets=("breastmnist",), size=64)
     merged = build_leaderboard([run_a, run_b], n_boot=N_BOOT)
-    assert len(merged) == 5 and set(merged["run"]) == {"run-a", "run-b"}
+    assert len(merged) == 10 and set(merged["run"]) == {"run-a", "run-b"}  # 5 + 5 ensembles
     b = merged[merged["run"] == "run-b"].iloc[0]
     assert (b["dataset"], b["family"], b["size"]) == ("breastmnist", "cnn", 64)
     assert b["ref_method"] == "ResNet-18 (224)" and "compare with the '(224)'" in b["baseline_note"]
@@ -162,8 +163,8 @@ def test_same_named_runs_stay_distinct(tmp_path):
     merged = build_leaderboard([one, two], n_boot=N_BOOT)
     assert set(merged["run"]) == {str(one), str(two)}
     cols = [c for c in BOARD_COLUMNS if c != "run"]
-    pd.testing.assert_frame_equal(merged.iloc[[0]][cols].reset_index(drop=True),
-                                  merged.iloc[[1]][cols].reset_index(drop=True))
+    pd.testing.assert_frame_equal(merged[merged["run"] == str(one)][cols].reset_index(drop=True),
+                                  merged[merged["run"] == str(two)][cols].reset_index(drop=True))
 
 
 def test_missing_scores_gives_no_verdict(tmp_path):
@@ -250,7 +251,43 @@ def test_prediction_csvs_rescored_by_medmnist_evaluator(run_a, board, tmp_path):
             assert (auc, acc) == (r.test_auc, r.test_acc)
             assert csv.name.startswith(f"{flag}_test_[AUC]{auc:.3f}_[ACC]{acc:.3f}")
             per_seed.setdefault((flag, r.family), []).append((acc, auc))
-    for r in board.itertuples():
+    for r in board[board["kind"] == "single"].itertuples():
         acc, auc = np.mean(per_seed[(r.dataset, r.family)], axis=0)
         assert r.test_acc_mean == pytest.approx(acc, abs=1e-12)
         assert r.test_auc_mean == pytest.approx(auc, abs=1e-12)
+
+
+def test_ensemble_rows_rescored_by_medmnist_evaluator(run_a, board, tmp_path):
+    """A `×N ens` entry = its seeds' test CSVs averaged, scored by medmnist's own Evaluator;
+    its cost is its members' cost; its CI is over test images, and it holds the mean."""
+    seeds = load_seeds(run_a)
+    ens = board[board["kind"] == "ensemble"]
+    assert len(ens) == 4
+    for r in ens.itertuples():
+        family = r.family.split(" ×")[0]
+        ok = seeds[(seeds["dataset"] == r.dataset) & (seeds["family"] == family)
+                   & (seeds["status"] == "ok")]
+        assert r.family == f"{family} ×{len(ok)} ens" and r.n_seeds == len(ok)
+        write_label_npz(tmp_path, r.dataset)
+        evaluator = medmnist.Evaluator(r.dataset, "test", root=str(tmp_path))
+        probs = [pd.read_csv(next((run_a / d).glob(f"{r.dataset}_test_*.csv")), index_col=0,
+                             header=None).sort_index().to_numpy() for d in ok["run_dir"]]
+        auc, acc = evaluator.evaluate(np.mean(probs, axis=0))
+        assert r.test_auc_mean == pytest.approx(auc, abs=1e-9)
+        assert r.test_acc_mean == pytest.approx(acc, abs=1e-9)
+        assert r.acc_lo <= r.test_acc_mean <= r.acc_hi and r.auc_lo <= r.test_auc_mean <= r.auc_hi
+        single = board[(board["dataset"] == r.dataset) & (board["family"] == family)].iloc[0]
+        assert r.device_s == single["device_s"]
+
+
+def test_one_picked_entry_per_dataset_chosen_on_validation(board):
+    """`picked` marks exactly one entry per dataset: the best validation score, whatever
+    the test numbers say."""
+    for _, g in board.groupby("dataset"):
+        assert g["picked"].sum() == 1
+        assert g.loc[g["picked"], "val_score"].item() == g["val_score"].max()
+    shuffled = board.assign(test_acc_mean=board["test_acc_mean"].sample(frac=1, random_state=0)
+                            .to_numpy(), test_auc_mean=1 - board["test_auc_mean"])
+    from bench.leaderboard import mark_picked
+
+    assert (mark_picked(shuffled)["picked"] == board["picked"]).all()
