@@ -374,40 +374,6 @@ def predict(
     typer.echo(format_predictions(model_dir, rows, fmt))
 
 
-@app.command()
-def audit(
-    flags: Annotated[str, typer.Argument(help="comma-separated flags, e.g. breastmnist,retinamnist")],
-    data_dir: DataDir = None,
-    size: Annotated[int, typer.Option(help="image size: 28, 64, 128, 224")] = 28,
-    fmt: Annotated[str, typer.Option("--format", help="md | json")] = "md",
-    out: Annotated[Path | None, typer.Option(help="write here instead of printing (md: with "
-                                             "a figure of example pairs beside it)")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run", help="also save the audit into this "
-                                                 "run directory, for its leaderboard")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="recompute even if cached")] = False,
-) -> None:
-    """Data audit: exact/near duplicates within and across splits, blank images, label balance."""
-    from bench.audit import run_audit
-
-    typer.echo(run_audit(flags, data_dir, size, fmt, out, run_dir, use_cache=not no_cache))
-
-
-@app.command()
-def serve(
-    run_dirs: Annotated[list[Path], typer.Argument(help="run directories to show")],
-    host: Annotated[str, typer.Option(help="address to listen on; anything but loopback "
-                                      "exposes a page with no authentication")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8501,
-) -> None:
-    """A local web page: the runs' leaderboard and a predictor for uploaded images or volumes
-    (needs the web extra: pip install 'medmnist-bench[web]')."""
-    from bench.serve import serve as run_server
-
-    code = run_server(run_dirs, host=host, port=port, echo=typer.echo)
-    if code:
-        raise typer.Exit(code)
-
-
 def main() -> None:
     try:
         app()
