@@ -1,0 +1,121 @@
+"""bench.results' atomic writes: a reader never sees half a file (even if the writer is killed),
+a failed write leaves nothing behind, files get the user's umask; and the writers built on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.results import atomic_write, read_table, write_csv, write_json, write_table, write_text
+
+OLD = "old complete content\n" * 50
+
+
+def _others(folder: Path, keep: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p != keep)
+
+
+def test_reader_sees_the_old_file_during_the_write_and_the_new_one_after(tmp_path: Path) -> None:
+    target = tmp_path / "table.csv"
+    target.write_text(OLD)
+    seen = {}
+
+    def write(tmp: Path) -> None:
+        assert tmp != target and tmp.parent == target.parent  # beside it: rename is atomic
+        with open(tmp, "w") as f:
+            f.write("new, half")
+            f.flush()
+            seen["during"] = target.read_text()  # a reader in the middle of the write
+            f.write(" and the rest\n")
+
+    assert atomic_write(target, write) == target
+    assert seen["during"] == OLD
+    assert target.read_text() == "new, half and the rest\n"
+    assert _others(tmp_path, target) == []
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path, error) -> None:
+    target = tmp_path / "final.parquet"
+    target.write_text(OLD)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("partial")
+        raise error
+
+    with pytest.raises(type(error)):
+        atomic_write(target, write)
+    assert target.read_text() == OLD
+    assert _others(tmp_path, target) == []
+
+
+def test_failed_first_write_leaves_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "meta.json"
+
+    def write(tmp: Path) -> None:
+        tmp.write_text('{"half": ')
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        atomic_write(target, write)
+    assert list(target.parent.iterdir()) == []  # no target, no temp file
+
+
+def test_killed_writer_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    """A real crash: the writer process is SIGKILLed halfway through. Readers see the old file;
+    what is left is a hidden temp file, never a truncated target."""
+    target = tmp_path / "trials.parquet"
+    target.write_text(OLD)
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from bench.results import atomic_write
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write("half of the new")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        atomic_write(Path({str(target)!r}), write)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert target.read_text() == OLD
+    assert all(name.startswith(".trials.parquet.") for name in _others(tmp_path, target))
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        fresh = write_text(tmp_path / "new.txt", "x")
+        replaced = tmp_path / "old.txt"
+        replaced.write_text("y")
+        os.chmod(replaced, 0o600)
+        write_text(replaced, "z")
+    finally:
+        os.umask(old)
+    assert fresh.stat().st_mode & 0o777 == mode
+    assert replaced.stat().st_mode & 0o777 == mode
+
+
+def test_writers_round_trip(tmp_path: Path) -> None:
+    cols = ["a", "b", "c"]
+    write_table(tmp_path / "t.parquet", [{"a": 1, "b": {"k": [1, 2]}}, {"c": "x"}], cols)
+    t = read_table(tmp_path / "t.parquet")
+    assert list(t.columns) == cols and len(t) == 2
+    assert json.loads(t.loc[0, "b"]) == {"k": [1, 2]} and t.loc[1, "c"] == "x"
+    write_csv(tmp_path / "d.csv", pd.DataFrame({"x": [1, 2]}), index=False)
+    assert (tmp_path / "d.csv").read_text() == "x\n1\n2\n"
+    write_json(tmp_path / "m.json", {"b": 1, "a": 2})
+    assert (tmp_path / "m.json").read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "m.json", "t.parquet"]
