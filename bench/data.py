@@ -114,9 +114,15 @@ def _md5_cache_file() -> Path:
 
 
 def file_md5(path: Path) -> str:
-    """md5 of a file, cached by (path, size, mtime) so large files are hashed once."""
+    """md5 of a file, cached so large files are hashed once.
+
+    The key is (path, size, mtime_ns, ctime_ns, inode): any rewrite changes one of them, even
+    one of the same size that restores the old mtime (`cp -p`, `rsync -t`, `touch -r`): the
+    inode changes when a file is replaced, the ctime when it is written in place, and the user
+    cannot set either. A stale cached md5 would pass a corrupt file as official."""
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    where = f"{path.resolve()}|"
+    key = f"{where}{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
     cache_file = _md5_cache_file()
     try:
         cache = json.loads(cache_file.read_text())
@@ -128,6 +134,7 @@ def file_md5(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    cache = {k: v for k, v in cache.items() if not k.startswith(where)}  # older versions
     cache[key] = h.hexdigest()
     try:
         from bench.results import write_json
