@@ -9,6 +9,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import medmnist
@@ -104,11 +105,23 @@ def test_ci_contains_the_mean_and_families_are_ordered(board):
         assert by.loc[(flag, "cnn"), "test_auc_mean"] > by.loc[(flag, "mlp"), "test_auc_mean"]
 
 
-def test_published_comparison_and_cost(board):
+def _every_seed_ci(run: Path, seeds: pd.DataFrame, flag: str, family: str, task: str) -> dict:
+    """The bootstrap CI over *every* ok seed's scores.npz, read here from disk (not the board's
+    own lo/hi), with the board's n_boot and seed."""
+    ok = seeds[(seeds["dataset"] == flag) & (seeds["family"] == family) & (seeds["status"] == "ok")]
+    loaded = [np.load(run / rel / "scores.npz") for rel in ok["run_dir"]]
+    assert len(loaded) == 3
+    return metrics.bootstrap_ci(loaded[0]["test_labels"], [z["test_scores"] for z in loaded],
+                                task, n_boot=N_BOOT)
+
+
+def test_published_comparison_and_cost(run_a, board):
     pub = load_published()
+    seeds = load_seeds(run_a)
     for r in board[board["kind"] == "single"].itertuples():
         p = pub[pub["flag"] == r.dataset]
         assert r.ref_method == "ResNet-18 (28)" and r.baseline_note == ""
+        ci = _every_seed_ci(run_a, seeds, r.dataset, r.family, r.task)
         for m in ("acc", "auc"):
             ref = p.loc[p["method"] == "ResNet-18 (28)", m].item()
             assert getattr(r, f"ref_{m}") == ref
@@ -116,8 +129,11 @@ def test_published_comparison_and_cost(board):
             mean, lo, hi = (getattr(r, f"test_{m}_mean"), getattr(r, f"{m}_lo"),
                             getattr(r, f"{m}_hi"))
             assert getattr(r, f"delta_{m}_vs_resnet18") == pytest.approx(mean - ref)
-            assert getattr(r, f"verdict_{m}_vs_resnet18") == verdict(lo, hi, ref)
-            assert getattr(r, f"verdict_{m}_vs_best") == verdict(lo, hi, p[m].max())
+            assert (lo, hi) == ci[m]  # the CI of every seed, not of some of them
+            for which, pub_value in (("resnet18", ref), ("best", p[m].max())):
+                want = ("above" if ci[m][0] > pub_value else
+                        "below" if ci[m][1] < pub_value else "within noise")
+                assert getattr(r, f"verdict_{m}_vs_{which}") == want
         s = STRENGTHS[r.family]
         failed_cost = 4.0 if (r.dataset, r.family) == ("retinamnist", "mlp") else 0.0
         assert r.trials == 4
@@ -291,3 +307,130 @@ def test_one_picked_entry_per_dataset_chosen_on_validation(board):
     from bench.leaderboard import mark_picked
 
     assert (mark_picked(shuffled)["picked"] == board["picked"]).all()
+
+
+# --- the CI and the verdict end to end, on runs whose CI is known --------------------------------
+
+def _constructed_run(root: Path, name: str, flag: str, y: np.ndarray,
+                     families: dict[str, list[np.ndarray]]) -> Path:
+    """A run directory written by hand: per family one seed per score array (val = test, for
+    brevity); final.parquet's numbers are medmnist's own getAUC/getACC of those scores."""
+    from medmnist.evaluator import getACC, getAUC
+
+    from bench.results import FINAL_COLUMNS, write_table
+
+    task, run, rows = medmnist.INFO[flag]["task"], Path(root) / name, []
+    for family, runs in families.items():
+        for k, s in enumerate(runs):
+            rel = f"final/{flag}/{family}/seed{k}"
+            (run / rel).mkdir(parents=True)
+            np.savez(run / rel / "scores.npz", val_labels=y, val_scores=s, test_labels=y,
+                     test_scores=s)
+            auc, acc = float(getAUC(y, s, task)), float(getACC(y, s, task))
+            rows.append({"dataset": flag, "family": family, "seed": k, "size": 28,
+                         "val_auc": auc, "val_acc": acc, "test_auc": auc, "test_acc": acc,
+                         "run_dir": rel, "status": "ok", "wall_s": 1.0, "device_s": 1.0})
+    write_table(run / "final.parquet", rows, FINAL_COLUMNS)
+    return run
+
+
+def _binary_seeds(n: int = 120, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Labels and three seeds that disagree a lot (signal 2.5, 1.0, 0.3), scores on a coarse
+    grid so ties occur."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, 1))
+    runs = []
+    for signal in (2.5, 1.0, 0.3):
+        p1 = np.round(1 / (1 + np.exp(-(rng.normal(0, 1, n) + signal * (2 * y[:, 0] - 1)))), 2)
+        runs.append(np.stack([1 - p1, p1], axis=1))
+    return y, runs
+
+
+def test_verdicts_of_perfect_and_inverted_models(tmp_path):
+    """CI known without computing: a model right on every image has ACC = AUC = 1 in every
+    replicate (above every published number), an inverted one 0 (below every one)."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, (156, 1))
+    perfect = [np.stack([1 - p, p], axis=1) for p in
+               (np.where(y[:, 0] == 1, rng.uniform(0.6, 1, 156), rng.uniform(0, 0.4, 156))
+                for _ in range(3))]
+    inverted = [1 - s for s in perfect]
+    run = _constructed_run(tmp_path, "known", "breastmnist", y,
+                           {"perfect": perfect, "inverted": inverted})
+    b = build_leaderboard(run, n_boot=200).set_index("family")
+    for m in ("acc", "auc"):
+        assert (b.loc["perfect", f"{m}_lo"], b.loc["perfect", f"{m}_hi"]) == (1.0, 1.0)
+        assert (b.loc["inverted", f"{m}_lo"], b.loc["inverted", f"{m}_hi"]) == (0.0, 0.0)
+        for which in ("resnet18", "best"):
+            assert b.loc["perfect", f"verdict_{m}_vs_{which}"] == "above"
+            assert b.loc["inverted", f"verdict_{m}_vs_{which}"] == "below"
+    s = summarize(b.reset_index())
+    s = s.set_index(["family", "method"])
+    assert (s.loc["perfect", "auc_wins"] == 1).all()
+    assert (s.loc["inverted", "acc_losses"] == 1).all()
+
+
+def test_board_ci_is_the_reference_bootstrap_over_every_seed_and_verdicts_follow(
+        tmp_path, monkeypatch):
+    """The board's CI equals the slow reference bootstrap over all three seeds (not the first
+    seed's), and with published numbers placed just outside and inside that known CI the
+    verdicts and the summary counts come out as the rule says."""
+    from reference_stats import reference_bootstrap
+
+    y, runs = _binary_seeds()
+    n_boot = 150
+    want = reference_bootstrap(y, runs, "binary-class", n_boot)
+    first_only = reference_bootstrap(y, runs[:1], "binary-class", n_boot)
+    assert first_only["auc"][0] > want["auc"][0] + 0.02  # the seeds really disagree
+    lo, hi = {m: want[m][0] for m in ("acc", "auc")}, {m: want[m][1] for m in ("acc", "auc")}
+    table = pd.DataFrame([
+        {"dataset": "BreastMNIST", "flag": "breastmnist", "method": "ResNet-18 (28)",
+         "auc": hi["auc"] + 0.01, "acc": hi["acc"] + 0.01},                    # below
+        {"dataset": "BreastMNIST", "flag": "breastmnist", "method": "Lower",
+         "auc": lo["auc"] - 0.01, "acc": lo["acc"] - 0.01},                    # above
+        {"dataset": "BreastMNIST", "flag": "breastmnist", "method": "Inside",
+         "auc": (lo["auc"] + hi["auc"]) / 2, "acc": (lo["acc"] + hi["acc"]) / 2},  # within
+    ])
+    monkeypatch.setattr("bench.leaderboard.load_published", lambda: table)
+    run = _constructed_run(tmp_path, "ref", "breastmnist", y, {"cnn": runs})
+    board = build_leaderboard(run, n_boot=n_boot)
+    r = board[board["kind"] == "single"].iloc[0]
+    for m in ("acc", "auc"):
+        assert (r[f"{m}_lo"], r[f"{m}_hi"]) == pytest.approx(want[m], abs=1e-12)
+        assert r[f"verdict_{m}_vs_resnet18"] == "below"
+        assert r[f"verdict_{m}_vs_best"] == "below"  # best published = the ResNet-18 row
+        assert r[f"best_{m}_method"] == "ResNet-18 (28)"
+    s = summarize(board).set_index("method")
+    for m in ("acc", "auc"):
+        assert s.loc["ResNet-18 (28)", [f"{m}_wins", f"{m}_ties", f"{m}_losses"]].tolist() == \
+            [0, 0, 1]
+        assert s.loc["Lower", [f"{m}_wins", f"{m}_ties", f"{m}_losses"]].tolist() == [1, 0, 0]
+        assert s.loc["Inside", [f"{m}_wins", f"{m}_ties", f"{m}_losses"]].tolist() == [0, 1, 0]
+
+
+def test_scores_that_disagree_with_the_table_are_flagged(tmp_path):
+    from bench.results import FINAL_COLUMNS, read_table, write_table
+
+    y, runs = _binary_seeds(seed=2)
+    run = _constructed_run(tmp_path, "edited", "breastmnist", y, {"cnn": runs})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build_leaderboard(run, n_boot=20)
+    assert not [w for w in seen if "differ" in str(w.message)]  # consistent as written
+    final = read_table(run / "final.parquet")
+    final.loc[1, "test_auc"] += 0.01  # the table says one thing, the scores another
+    write_table(run / "final.parquet", final.to_dict("records"), FINAL_COLUMNS)
+    with pytest.warns(UserWarning, match=r"seed1: final.parquet test metrics differ"):
+        build_leaderboard(run, n_boot=20)
+
+
+def test_seeds_scored_on_different_test_labels_are_an_error(tmp_path):
+    y, runs = _binary_seeds(seed=3)
+    run = _constructed_run(tmp_path, "mixed", "breastmnist", y, {"cnn": runs})
+    rel = run / "final/breastmnist/cnn/seed2/scores.npz"
+    with np.load(rel) as z:
+        arrays = dict(z)
+    arrays["test_labels"] = arrays["test_labels"][::-1].copy()
+    np.savez(rel, **arrays)
+    with pytest.raises(UserError, match="different test labels"):
+        build_leaderboard(run, n_boot=20)

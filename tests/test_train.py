@@ -179,6 +179,38 @@ def test_best_epoch_is_argmax_of_val_auc(organa: MedData) -> None:
     assert r.val["auc"] == aucs[r.best_epoch - 1]
 
 
+def test_kept_checkpoint_is_the_best_epochs_weights(organa: MedData) -> None:
+    """Per-epoch snapshots of the live weights: the kept state is the best validation epoch's
+    snapshot, not the last epoch's (a kept state that aliases the live weights would be the
+    last), and val/test are scored with it. The run is chosen so the best epoch is not last."""
+    held: list[torch.nn.Module] = []
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep_model(model: torch.nn.Module) -> torch.nn.Module:
+        held.append(model)
+        return model
+
+    def snapshot(record: dict) -> None:
+        snapshots[record["epoch"]] = {k: v.detach().clone()
+                                      for k, v in held[0].state_dict().items()}
+
+    cfg = {**FAST, "optimizer": "sgd", "lr": 0.2, "epochs": 5, "seed": 1}
+    r = fit(cfg, organa, on_epoch=snapshot, wrap_model=keep_model)
+    aucs = [h["val_auc"] for h in r.history]
+    assert r.best_epoch == aucs.index(max(aucs)) + 1 < len(aucs)  # a best epoch before the last
+    best, last = snapshots[r.best_epoch], snapshots[len(aucs)]
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # training moved on after it
+    assert all(torch.equal(r.best_state[k], best[k]) for k in best)
+    # the reported scores are the best epoch's: re-scored from its snapshot they agree
+    model = create_model("cnn_small", organa.splits["test"].images.shape[1],
+                         organa.info.n_classes, organa.size)
+    model.load_state_dict(best)
+    runner = Runner(TrainConfig.from_dict(cfg), organa, model)
+    np.testing.assert_allclose(runner.scores(organa.splits["test"].images), r.test_scores,
+                               atol=1e-6)
+    assert r.val["auc"] == aucs[r.best_epoch - 1]
+
+
 def test_weight_average_update_rule() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     avg = WeightAverage(net, decay=0.99)
