@@ -19,8 +19,16 @@ from typing import Any
 import yaml
 
 import bench
+from bench.budget import accounting
 from bench.errors import UserError
-from bench.results import FINAL_COLUMNS, TRIAL_COLUMNS, write_json, write_table, write_yaml
+from bench.results import (
+    FINAL_COLUMNS,
+    SELECTION_COLUMNS,
+    TRIAL_COLUMNS,
+    write_json,
+    write_table,
+    write_yaml,
+)
 from bench.spaces import Spec
 
 
@@ -88,6 +96,8 @@ def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
             raise UserError(f"{run_dir} exists and is not a medbench run directory; choose "
                             "another --name/--out")
         old = yaml.safe_load(spec_file.read_text()) or {}
+        if not old.get("faults"):  # a test hook older spec.yaml files carried, always empty
+            old.pop("faults", None)
         with contextlib.suppress(TypeError):  # fields added to Spec since take their defaults
             old = Spec(**old).to_dict()
         if old != spec.to_dict():
@@ -124,10 +134,21 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
     init_ray(address, num_cpus)
     tracker = Tracker.from_env(wandb, spec.project, run_dir)
     t0 = time.time()
-    trials, finals = search(spec, run_dir, storage, data_dir, tracker, echo, final=final)
+    tables = search(spec, run_dir, storage, data_dir, tracker, echo, final=final)
+    trials, finals = tables["trials"], tables["final"]
     write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
+    if tables["selection"]:
+        write_table(run_dir / "selection.parquet", tables["selection"], SELECTION_COLUMNS)
     if final:
         write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
+    from bench.search import resolve_resources, trial_slots
+
+    slots = trial_slots(resolve_resources(spec), cluster_resources())
+    spent = accounting(spec, tables, slots, time.time() - t0)
+    for flag, b in spent["datasets"].items():
+        echo(f"budget {flag}: {b['spent_device_s']:.0f} of {b['planned_device_s'] or 0:.0f} "
+             f"planned device-s (search {b['search_device_s']:.0f}, selection "
+             f"{b['selection_device_s']:.0f}, final {b['final_device_s']:.0f})")
     meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
             "code_sha256": code_sha256(),
             "hardware": hardware(), "cluster": cluster_resources(),
@@ -135,7 +156,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "wall_s": time.time() - t0, "n_trials": len(trials),
             "n_failed_trials": sum(t["status"] == "failed" for t in trials),
-            "n_final_runs": len(finals), "wandb_mode": tracker.mode}
+            "n_final_runs": len(finals), "wandb_mode": tracker.mode, "budget": spent}
     write_json(run_dir / "meta.json", meta)
     return meta
 

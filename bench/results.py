@@ -5,6 +5,7 @@ A run directory (``runs/<name>/``) is self-describing:
     spec.yaml            the resolved experiment spec
     meta.json            package version, git commit, hardware, start/end, wall seconds
     trials.parquet       one row per search trial   (TRIAL_COLUMNS)
+    selection.parquet    one row per selection re-run (SELECTION_COLUMNS)
     final.parquet        one row per final seeded run (FINAL_COLUMNS)
     final/<dataset>/<family>/seed<k>/   one training-run directory per final run:
         config.yaml, history.csv, metrics.json, model.pt and the prediction CSVs in MedMNIST's
@@ -30,6 +31,12 @@ TRIAL_COLUMNS = [
     "dataset", "family", "trial_id", "status", "error", "config", "history",
     "best_val_auc", "best_val_acc", "best_epoch", "epochs_run", "wall_s", "device_s",
     "finished_at",  # unix time of the trial's last report: search history in finish order
+]
+# Selection re-runs (bench/selection.py): a candidate search trial's config on another seed.
+# Test metrics are recorded for later study of the rule, never read by it.
+SELECTION_COLUMNS = [
+    "dataset", "family", "candidate", "seed", "config", "val_auc", "val_acc", "test_auc",
+    "test_acc", "epochs_run", "wall_s", "device_s", "status", "error",
 ]
 FINAL_COLUMNS = [
     "dataset", "family", "seed", "size", "config", "history",

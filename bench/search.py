@@ -1,4 +1,9 @@
-"""The Ray Tune layer: one Tuner per (dataset, family), run concurrently; then the final phase.
+"""The Ray Tune layer, driver side: one Tuner per (dataset, family), run concurrently; then the
+final phase.
+
+Where each part runs: `search`, `init_ray`, `_wait_all` on the driver; `run_experiment` and
+`run_final` as zero-CPU Ray tasks, each holding one Tuner; the trials themselves in
+`bench.trial`; the progress board in `bench.progress`.
 
 Why one Tuner per pair: ASHA brackets must never compare trials of different datasets or
 families. The Tuners run as zero-CPU Ray tasks so several keep the workers busy at once. Each
@@ -12,144 +17,20 @@ nor repeated. Failing trials are retried `max_failures` times, then recorded as 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from bench import progress
 from bench.errors import UserError
+from bench.progress import ProgressCallback, format_progress
 from bench.spaces import Spec, to_tune
+from bench.trial import DRIVER_RESOURCES, faults_from_env, trial_fn
 
 METRIC = "val_auc"
-_DATA_CACHE: dict[tuple[str, int], Any] = {}
-
-
-# --- inside a trial -----------------------------------------------------------------------------
-
-def _trial_data(flag: str, size: int, data_ref: dict):
-    """Tensors for this worker process, built once from the object-store arrays."""
-    import ray
-
-    from bench.data import dataset_info, from_arrays
-    from bench.train import resolve_device
-
-    key = (flag, size)
-    if key not in _DATA_CACHE:
-        arrays = ray.get(data_ref[flag])
-        _DATA_CACHE.clear()  # one dataset per process at a time keeps memory flat
-        data = from_arrays(dataset_info(flag), size, {k: np.array(v) for k, v in arrays.items()})
-        _DATA_CACHE[key] = data.to(resolve_device("auto"))
-    return _DATA_CACHE[key]
-
-
-def _maybe_fail(faults: dict, trial_id: str) -> None:
-    """Test-only fault injection: trials whose index is in faults['trials'] raise on their
-    first faults['times'] attempts (counted in files, so retries see earlier attempts).
-    The index is the numeric suffix of Tune's trial id (`<experiment>_00003`), which only the
-    random searcher gives; ids of other searchers (Optuna: plain hex) are never faulted."""
-    prefix, _, index = trial_id.rpartition("_")
-    if not faults or not prefix or not index.isdigit() or \
-            int(index) not in faults.get("trials", []):
-        return
-    marker = Path(faults["dir"]) / trial_id
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    attempts = int(marker.read_text()) if marker.exists() else 0
-    marker.write_text(str(attempts + 1))
-    if attempts < int(faults.get("times", 1)):
-        raise RuntimeError(f"injected fault in {trial_id} (attempt {attempts + 1})")
-
-
-def _trace(event: str, trial_id: str) -> None:
-    """Append `event trial_id` to $MEDBENCH_TRACE (tests count starts and finishes)."""
-    path = os.environ.get("MEDBENCH_TRACE")
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{event} {trial_id}\n")
-
-
-def _replay(record: Path | None, job: dict) -> bool:
-    """Re-report a finished search trial's epochs from its completion record (see trial_fn).
-    False when there is none, or it belongs to another config (a reused trial id)."""
-    from ray import tune
-
-    if record is None or not record.exists():
-        return False
-    done = json.loads(record.read_text())
-    if done.get("config") != json.loads(json.dumps(job, default=str)):
-        return False
-    for rec, iter_s in done["reports"]:
-        tune.report({**rec, "time_this_iter_s": iter_s})  # keeps the trial's wall time
-    return True
-
-
-def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
-             done_dir: str | None = None, workers: int = 0, use_gpu: bool = False,
-             storage: str | None = None) -> None:
-    """One Tune trial: a search trial reports every epoch; a final trial also writes its
-    training-run directory and hands it to Tune as a checkpoint (so it reaches any storage).
-
-    A finished search trial writes a completion record to done_dir before it returns. Tune
-    saves its experiment state only every ~10 s, so after a killed driver it may restart a
-    trial that had finished; with a record, the trial replays its reports instead of training
-    again."""
-    from ray import tune
-
-    from bench.results import write_json, write_training_run
-    from bench.train import TrainConfig, fit
-
-    job = dict(config.get("job", config))
-    phase = job.pop("phase", "search")
-    trial_id = tune.get_context().get_trial_id()
-    record = Path(done_dir) / f"{trial_id}.json" if done_dir and phase == "search" else None
-    if _replay(record, job):
-        _trace("replay", trial_id)
-        return
-    t_last = time.perf_counter()
-    reports: list = []
-    _trace("start", trial_id)
-    _maybe_fail(faults, trial_id)
-    if workers > 1 and phase == "search":  # a Ray Train DDP job inside this Tune trial
-        from bench.distributed import fit_distributed
-
-        fit_distributed(job, data_ref, workers, use_gpu, f"{storage}/train", trial_id)
-        _trace("finish", trial_id)
-        return
-    conf = TrainConfig.from_dict(job)
-    data = _trial_data(conf.dataset, conf.size, data_ref)
-    # `with`: when ASHA stops a trial, Tune raises SystemExit inside tune.report; the context
-    # manager still finishes the W&B run (exit code 0 for that case).
-    with tracker.start(name=f"{conf.dataset}-{conf.model}-{trial_id}",
-                       group=f"{conf.dataset}/{conf.model}", job_type=phase,
-                       config=conf.to_dict()) as run:
-
-        def on_epoch(rec: dict) -> None:
-            nonlocal t_last
-            run.log(rec, step=int(rec["epoch"]))
-            if phase == "search":
-                now = time.perf_counter()
-                plain = {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
-                reports.append((plain, now - t_last))  # numpy scalars -> JSON numbers
-                t_last = now
-                tune.report(rec)
-
-        result = fit(conf, data, on_epoch=on_epoch)
-        run.finish(result.summary())
-    if record is not None:
-        write_json(record, {"config": job, "reports": reports})
-    if phase == "final":
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "run"
-            write_training_run(out, conf.to_dict(), data.info, conf.size, result,
-                               run=f"{conf.model}-seed{conf.seed}")
-            tune.report({**result.summary(), "epoch": len(result.history)},
-                        checkpoint=tune.Checkpoint.from_directory(str(out)))
-    _trace("finish", trial_id)
 
 
 # --- one experiment -----------------------------------------------------------------------------
@@ -177,38 +58,6 @@ def _device_count(res: dict[str, float]) -> float:
     return res["gpu"] if res["gpu"] > 0 else res["cpu"]
 
 
-_BOARD = None  # this process's progress board (set by run_experiment / run_final)
-
-
-def _board_update(key: str, event: str, value: float | None = None) -> None:
-    if _BOARD is not None:
-        _BOARD.update.remote(key, event, value)
-
-
-class _ProgressCallback:
-    """Tune callback -> the driver's progress board (a tiny actor). It reaches the board
-    through a module global, not a captured handle: Tune pickles callbacks into tuner.pkl, and
-    a handle from a killed driver's Ray session cannot be unpickled when the search resumes."""
-
-    def __new__(cls, key: str):
-        from ray import tune
-
-        class CB(tune.Callback):
-            def on_trial_start(self, iteration, trials, trial, **info):
-                _board_update(key, "start")
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                _board_update(key, "result", result.get(METRIC))
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                _board_update(key, "done")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                _board_update(key, "failed")
-
-        return CB()
-
-
 def _tuner(path: Path, name: str, trainable, param_space: dict, tune_config,
            run_config_kw: dict):
     from ray import tune
@@ -231,19 +80,25 @@ def _history(result) -> list[dict]:
 
 
 def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, data_ref: dict,
-                   tracker, board) -> list[dict]:
-    """Search one (dataset, family) pair with its own Tuner; returns trials.parquet rows."""
+                   tracker, board, faults: dict | None = None,
+                   plan: dict | None = None) -> list[dict]:
+    """Search one (dataset, family) pair with its own Tuner; returns trials.parquet rows.
+    `plan` (from `plan_pairs`): the pair's full-fidelity epochs, images per epoch, wall
+    limit and start points."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    global _BOARD
-    _BOARD = board
+    progress.attach(board)
     spec = Spec(**spec_dict)
     res = _resources(spec)
-    space = {k: to_tune(v) for k, v in spec.spaces()[family].items()}
+    validated = spec.spaces()[family]
+    space = {k: to_tune(v) for k, v in validated.items()}
     budget = spec.budget(family)
-    space.update(dataset=dataset, model=family, size=spec.size, epochs=budget["max_epochs"], seed=0,
+    plan = plan or {}
+    epochs = int(plan.get("epochs", budget["max_epochs"]))
+    space.update(dataset=dataset, model=family, size=spec.size, epochs=epochs, seed=0,
                  phase="search", threads=max(1, int(res["cpu"])))
+    points = plan.get("start_points") or None
     # completion records (see trial_fn); only where trials can write to the storage path
     done_dir = None if "://" in storage else str(Path(storage) / "completed" /
                                                   f"{dataset}__{family}")
@@ -251,30 +106,39 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     if spec.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(seed=0)
-    scheduler = (ASHAScheduler(max_t=budget["max_epochs"], grace_period=budget["grace_period"],
-                               reduction_factor=spec.reduction_factor)
+        searcher = OptunaSearch(seed=0, points_to_evaluate=points)
+    elif points:
+        from ray.tune.search import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(points_to_evaluate=points, random_state=0)
+    if spec.fidelity:  # rungs counted in training images seen, the same on every dataset
+        per_epoch = int(plan["images_per_epoch"])
+        grace = max(1, round(float(spec.fidelity.get("grace_fraction", 1 / 3)) * epochs))
+        asha_kw = {"time_attr": "images_seen", "max_t": epochs * per_epoch,
+                   "grace_period": grace * per_epoch}
+    else:
+        asha_kw = {"max_t": budget["max_epochs"], "grace_period": budget["grace_period"]}
+    scheduler = (ASHAScheduler(reduction_factor=spec.reduction_factor, **asha_kw)
                  if spec.scheduler == "asha" else FIFOScheduler())
+    limits = [t for t in (spec.time_budget_s, plan.get("search_s", 0)) if t]
     workers = int(spec.distributed.get(family, 0))
     if workers > 1:  # the trial only drives a TorchTrainer; its workers hold the resources
-        from bench.distributed import DRIVER_RESOURCES
-
         res_trial, done_dir = DRIVER_RESOURCES, None
     else:
         res_trial = res
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults=spec.faults,
-                             done_dir=done_dir, workers=workers, use_gpu=res["gpu"] > 0,
-                             storage=storage),
+        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker,
+                             faults=faults or {}, done_dir=done_dir, workers=workers,
+                             use_gpu=res["gpu"] > 0, storage=storage),
         res_trial)
     tuner = _tuner(
         Path(storage), f"{dataset}__{family}", trainable, space,
         tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
                         num_samples=budget["num_samples"], reuse_actors=True,
                         max_concurrent_trials=spec.max_concurrent_trials or None,
-                        time_budget_s=spec.time_budget_s or None),
+                        time_budget_s=min(limits) if limits else None),
         {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
-         "callbacks": [_ProgressCallback(f"{dataset}/{family}")], "verbose": 0})
+         "callbacks": [ProgressCallback(f"{dataset}/{family}", METRIC)], "verbose": 0})
     grid = tuner.fit()
     rows = []
     for r in grid:
@@ -297,6 +161,19 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
 
 # --- the final phase ----------------------------------------------------------------------------
 
+def plan_pairs(spec: Spec, n_train: dict[str, int]) -> dict[tuple[str, str], dict]:
+    """Per (dataset, family): full-fidelity epochs, images per epoch, the Tuner's wall limit
+    (the dataset's search phase) and the portfolio start points."""
+    from bench.budget import search_wall_s
+    from bench.portfolio import start_points
+
+    spaces = spec.spaces()
+    return {(d, f): {"epochs": spec.trial_epochs(f, n_train[d]), "images_per_epoch": n_train[d],
+                     "search_s": search_wall_s(spec.budget_s),
+                     "start_points": start_points(d, f, spaces[f], spec.portfolio)}
+            for d, f in spec.pairs()}
+
+
 def best_configs(trials: list[dict]) -> dict[tuple[str, str], dict]:
     """Per (dataset, family): the config of the trial with the best validation AUC."""
     best: dict[tuple[str, str], dict] = {}
@@ -309,41 +186,61 @@ def best_configs(trials: list[dict]) -> dict[tuple[str, str], dict]:
     return {k: dict(v["config"]) for k, v in best.items()}
 
 
+def selection_jobs(spec: Spec, candidates: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    """Re-runs of each candidate config on seeds 1..S (search trials used seed 0)."""
+    seeds = int(spec.selection.get("seeds", 2))
+    return [{**t["config"], "seed": 1 + k, "phase": "select", "candidate": t["trial_id"]}
+            for cands in candidates.values() for t in cands for k in range(seeds)]
+
+
+def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict]) -> list[dict]:
+    """Each chosen config on `final_seeds` fresh seeds (never a seed the search used)."""
+    jobs = []
+    for cfg in configs.values():
+        epochs = cfg.get("epochs") or spec.budget(cfg["model"])["max_epochs"]
+        jobs += [{**cfg, "seed": spec.final_seed_base + k, "phase": "final", "epochs": epochs}
+                 for k in range(spec.final_seeds)]
+    return jobs
+
+
 def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
-              configs: dict[tuple[str, str], dict]) -> list[dict]:
-    """Retrain each chosen config on fresh seeds, as Tune trials. Each row carries its Tune
-    checkpoint (the seed's training-run directory) for the driver to fetch."""
+              jobs: list[dict], name: str = "final") -> list[dict]:
+    """Train each job (a selection re-run or a final seed) as a trial of one Tuner `name`.
+    A final row carries its Tune checkpoint (the seed's training-run directory) for the
+    driver to fetch; a selection row carries its candidate's trial id."""
     from ray import tune
 
-    jobs = [{**cfg, "seed": spec.final_seed_base + k, "phase": "final",
-             "epochs": spec.budget(cfg["model"])["max_epochs"]}
-            for cfg in configs.values() for k in range(spec.final_seeds)]
     if not jobs:
         return []
-    global _BOARD
-    _BOARD = board
+    progress.attach(board)
     res = _resources(spec)
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults={}), res)
-    tuner = _tuner(Path(storage), "final", trainable, {"job": tune.grid_search(jobs)},
+    tuner = _tuner(Path(storage), name, trainable, {"job": tune.grid_search(jobs)},
                    tune.TuneConfig(reuse_actors=True),
                    {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
-                    "callbacks": [_ProgressCallback("final")], "verbose": 0})
+                    "callbacks": [ProgressCallback(name, METRIC)], "verbose": 0})
     rows = []
     for r in tuner.fit():
         job = dict(r.config["job"])
+        candidate = job.pop("candidate", None)
         rel = Path("final") / job["dataset"] / job["model"] / f"seed{job['seed']}"
         row = {"dataset": job["dataset"], "family": job["model"], "seed": job["seed"],
                "size": job["size"], "config": {k: v for k, v in job.items() if k != "phase"},
                "run_dir": str(rel), "status": "failed" if r.error else "ok",
                "error": str(r.error).strip().splitlines()[-1][:500] if r.error else None}
-        if not r.error and r.checkpoint is not None:
+        if candidate is not None:
+            row["candidate"] = candidate
+            del row["run_dir"]
+        if not r.error and r.metrics and (candidate is not None or r.checkpoint is not None):
             m = r.metrics
             row.update({k: m.get(k) for k in ("val_auc", "val_acc", "test_auc", "test_acc",
                                               "best_epoch", "epochs_run", "train_images_per_s")})
             row.update(history=_history(r), wall_s=m.get("time_total_s"),
                        device_s=float(m.get("time_total_s", 0)) * _device_count(res),
                        checkpoint=r.checkpoint)
+            if candidate is not None:
+                row.pop("checkpoint")
         rows.append(row)
     return rows
 
@@ -387,41 +284,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                  object_store_memory=1 << 30, **kw)
 
 
-def _progress_board():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class Board:
-        def __init__(self) -> None:
-            self.state: dict[str, dict] = {}
-
-        def update(self, key: str, event: str, value: float | None = None) -> None:
-            s = self.state.setdefault(key, {"running": 0, "done": 0, "failed": 0, "best": None,
-                                            "t0": time.time()})
-            if event == "start":
-                s["running"] += 1
-            elif event in ("done", "failed"):
-                s["running"] = max(0, s["running"] - 1)
-                s[event] += 1
-            elif value is not None and (s["best"] is None or value > s["best"]):
-                s["best"] = value
-
-        def snapshot(self) -> dict[str, dict]:
-            return self.state
-
-    return Board.remote()
-
-
-def format_progress(state: dict[str, dict], elapsed: float) -> str:
-    lines = [f"[{elapsed:6.0f}s] {'experiment':<28}{'run':>4}{'done':>5}{'fail':>5}"
-             f"{'best val AUC':>14}"]
-    for key in sorted(state):
-        s = state[key]
-        best = f"{s['best']:.4f}" if s["best"] is not None else "-"
-        lines.append(f"{'':9}{key:<28}{s['running']:>4}{s['done']:>5}{s['failed']:>5}{best:>14}")
-    return "\n".join(lines)
-
-
 def _wait_all(starters: list[Callable[[], Any]], board, echo: Callable[[str], None], t0: float,
               every: float = 10.0, cap: int = 0) -> list:
     """Start each task (`starters` return Ray futures), at most `cap` in flight (0: all at
@@ -445,6 +307,13 @@ def _wait_all(starters: list[Callable[[], Any]], board, echo: Callable[[str], No
     return ray.get(futures)
 
 
+def trial_slots(spec: Spec, cluster: dict[str, float]) -> int:
+    """How many trials the cluster runs side by side with the spec's per-trial resources."""
+    res = spec.resources
+    kind, need = ("GPU", res["gpu"]) if res.get("gpu", 0) > 0 else ("CPU", res.get("cpu", 1))
+    return max(1, int(cluster.get(kind, 0) // need)) if need > 0 else 1
+
+
 def concurrent_experiments(spec: Spec, cluster: dict[str, float]) -> int:
     """How many Tuners to run at once: the spec's `max_concurrent_experiments`, else as many
     as the cluster can run trials side by side (more would only queue trials and hold memory),
@@ -452,48 +321,74 @@ def concurrent_experiments(spec: Spec, cluster: dict[str, float]) -> int:
     n_pairs = len(spec.pairs())
     if spec.max_concurrent_experiments:
         return min(int(spec.max_concurrent_experiments), n_pairs)
-    res = spec.resources
-    kind, need = ("GPU", res["gpu"]) if res.get("gpu", 0) > 0 else ("CPU", res.get("cpu", 1))
-    slots = int(cluster.get(kind, 0) // need) if need > 0 else n_pairs
-    return max(1, min(slots, n_pairs))
+    return max(1, min(trial_slots(spec, cluster), n_pairs))
 
 
 def search(spec: Spec, run_dir: Path, storage: str, data_dir: str | Path | None, tracker,
-           echo: Callable[[str], None], final: bool = True) -> tuple[list[dict], list[dict]]:
-    """Search every (dataset, family) pair concurrently, then (optionally) the final phase.
-    Returns (trial rows, final rows); the caller writes them."""
+           echo: Callable[[str], None], final: bool = True) -> dict[str, list[dict]]:
+    """Search every (dataset, family) pair concurrently, re-run the best trials (selection),
+    then (optionally) the final phase. Returns the rows of `trials`, `selection` and `final`;
+    the caller writes them."""
     import ray
 
     from bench.data import load_arrays
+    from bench.selection import choose_configs, top_candidates
 
     t0 = time.time()
-    data_ref = {}
+    data_ref, n_train = {}, {}
     for flag in spec.datasets:  # checked once here; a bad file stops before any trial starts
         arrays = load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
+        n_train[flag] = len(arrays["train_labels"])
         data_ref[flag] = ray.put(arrays)
     spec = resolve_resources(spec)
-    board = _progress_board()
+    board = progress.start_board()
+    faults = faults_from_env()  # tests only; read here, where the test process set it
     remote = ray.remote(num_cpus=0)(run_experiment)
-    cap = concurrent_experiments(spec, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    cap = concurrent_experiments(spec, cluster)
+    if spec.budget_s and not spec.max_concurrent_experiments:
+        # a dataset's Tuners run together for its search phase and share the trial slots
+        cap = max(cap, max(sum(d == flag for d, _ in spec.pairs()) for flag in spec.datasets))
     if cap < len(spec.pairs()):
         echo(f"{len(spec.pairs())} experiments, {cap} at a time (max_concurrent_experiments)")
+    plans = plan_pairs(spec, n_train)
+    if spec.budget_s:
+        slots = trial_slots(spec, cluster)
+        echo(f"budget: {spec.budget_s:.0f} s wall per dataset on {slots} trial slots "
+             f"({spec.budget_s * slots:.0f} device-s); search phase "
+             f"{plans[spec.pairs()[0]]['search_s']:.0f} s, then selection and final seeds")
+    for (d, f), p in plans.items():
+        if p["start_points"]:
+            echo(f"{d}/{f}: starts from {len(p['start_points'])} portfolio configuration(s) "
+                 "found on other datasets")
 
     def starter(d: str, f: str) -> Callable[[], Any]:
-        return lambda: remote.remote(spec.to_dict(), d, f, storage, data_ref, tracker, board)
+        return lambda: remote.remote(spec.to_dict(), d, f, storage, data_ref, tracker, board,
+                                     faults, plans[(d, f)])
 
     results = _wait_all([starter(d, f) for d, f in spec.pairs()], board, echo, t0, cap=cap)
-    trials = [row for rows in results for row in rows]
-    finals: list[dict] = []
-    if final and spec.final_seeds:
-        echo(f"final phase: best config per experiment x {spec.final_seeds} fresh seeds")
-        best = best_configs(trials)
-        finals = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
-            spec, storage, data_ref, tracker, board, best)], board, echo, t0)[0]
-        for row in finals:  # fetch each seed's run directory from storage, on the driver
-            ckpt = row.pop("checkpoint", None)
-            if ckpt is not None:
-                dest = run_dir / row["run_dir"]
-                if dest.exists():
-                    shutil.rmtree(dest)
-                ckpt.to_directory(str(dest))
-    return trials, finals
+    out: dict[str, list[dict]] = {"trials": [row for rows in results for row in rows],
+                                  "selection": [], "final": []}
+    if not final or not spec.final_seeds:
+        return out
+    configs = best_configs(out["trials"])
+    if spec.selection:
+        candidates = top_candidates(out["trials"], int(spec.selection.get("top_k", 3)))
+        jobs = selection_jobs(spec, candidates)
+        echo(f"selection: top {spec.selection.get('top_k', 3)} configs per experiment re-run "
+             f"on {spec.selection.get('seeds', 2)} more seeds ({len(jobs)} runs)")
+        out["selection"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
+            spec, storage, data_ref, tracker, board, jobs, "select")], board, echo, t0)[0]
+        configs = choose_configs(candidates, out["selection"])
+    echo(f"final phase: chosen config per experiment x {spec.final_seeds} fresh seeds")
+    jobs = final_jobs(spec, configs)
+    out["final"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
+        spec, storage, data_ref, tracker, board, jobs)], board, echo, t0)[0]
+    for row in out["final"]:  # fetch each seed's run directory from storage, on the driver
+        ckpt = row.pop("checkpoint", None)
+        if ckpt is not None:
+            dest = run_dir / row["run_dir"]
+            if dest.exists():
+                shutil.rmtree(dest)
+            ckpt.to_directory(str(dest))
+    return out

@@ -142,8 +142,16 @@ class Spec:
     verify_md5: bool = True
     overrides: dict[str, dict] = field(default_factory=dict)  # family -> {param: def}
     budgets: dict[str, dict] = field(default_factory=dict)  # family -> smaller/larger budget
+    # Compute budgets (bench/budget.py). `fidelity`: {trial_images, min_epochs, max_epochs,
+    # grace_fraction}: trials train for images seen, not epochs (then max_epochs/grace_period
+    # above are unused). `budget_s`: wall seconds per dataset on the run's resources (search,
+    # selection, final). `portfolio`: start configurations per family (bench/portfolio.py).
+    # `selection`: {top_k, seeds} re-runs of the best trials before the final phase.
+    fidelity: dict[str, float] = field(default_factory=dict)
+    budget_s: float = 0
+    portfolio: int = 0
+    selection: dict[str, int] = field(default_factory=dict)
     distributed: dict[str, int] = field(default_factory=dict)  # family -> Ray Train workers
-    faults: dict[str, Any] = field(default_factory=dict)  # test-only fault injection
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)
@@ -154,6 +162,16 @@ class Spec:
         base = {"num_samples": int(self.num_samples), "max_epochs": int(self.max_epochs),
                 "grace_period": int(self.grace_period)}
         return {**base, **{k: int(v) for k, v in self.budgets.get(family, {}).items()}}
+
+    def trial_epochs(self, family: str, n_train: int) -> int:
+        """Epochs of a full-fidelity trial of `family` on a training split of n_train images."""
+        from bench.budget import epochs_for
+
+        if not self.fidelity:
+            return self.budget(family)["max_epochs"]
+        f = self.fidelity
+        return epochs_for(int(f["trial_images"]), n_train, int(f.get("min_epochs", 1)),
+                          int(f.get("max_epochs", 1000)))
 
     def pairs(self) -> list[tuple[str, str]]:
         """(dataset, family) experiments: 2D families on 2D sets, 3D on 3D."""
@@ -241,6 +259,7 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
             raise UserError(f"{where}: grace_period {b['grace_period']} is above max_epochs "
                             f"{b['max_epochs']}{label}; ASHA could never stop a trial. "
                             "Lower grace_period")
+    _check_budget_fields(spec, where)
     if int(spec.final_seeds) < 0 or spec.time_budget_s < 0 or spec.max_failures < 0 \
             or int(spec.max_concurrent_experiments) < 0:
         raise UserError(f"{where}: final_seeds, time_budget_s, max_failures and "
@@ -249,6 +268,40 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
         raise UserError(f"{where}: resources must be non-negative")
     spec.spaces()  # validates every family's space now, before anything runs
     return spec
+
+
+def _check_budget_fields(spec: Spec, where: str) -> None:
+    """fidelity / budget_s / portfolio / selection, each with its fix."""
+    def num(value: Any, what: str, lo: float, hi: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not lo <= value <= hi:
+            raise UserError(f"{where}: {what} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+        return float(value)
+
+    for key in ("fidelity", "selection"):
+        if not isinstance(getattr(spec, key), dict):
+            raise UserError(f"{where}: {key} must be a mapping")
+    f = spec.fidelity
+    if f:
+        extra = set(f) - {"trial_images", "min_epochs", "max_epochs", "grace_fraction"}
+        if extra or "trial_images" not in f:
+            raise UserError(f"{where}: fidelity takes trial_images (required), min_epochs, "
+                            f"max_epochs, grace_fraction (got {sorted(f)})")
+        num(f["trial_images"], "fidelity.trial_images", 1, 1e10)
+        lo = num(f.get("min_epochs", 1), "fidelity.min_epochs", 1, 10_000)
+        num(f.get("max_epochs", 1000), "fidelity.max_epochs", lo, 10_000)
+        num(f.get("grace_fraction", 1 / 3), "fidelity.grace_fraction", 0.01, 1)
+    num(spec.budget_s, "budget_s (seconds per dataset; 0: no limit)", 0, 1e7)
+    if isinstance(spec.portfolio, bool) or not isinstance(spec.portfolio, int) \
+            or not 0 <= spec.portfolio <= 20:
+        raise UserError(f"{where}: portfolio is how many start configurations per family "
+                        f"(0-20), got {spec.portfolio!r}")
+    sel = spec.selection
+    if sel:
+        if set(sel) - {"top_k", "seeds"}:
+            raise UserError(f"{where}: selection takes top_k and seeds (got {sorted(sel)})")
+        num(sel.get("top_k", 3), "selection.top_k", 1, 50)
+        num(sel.get("seeds", 2), "selection.seeds", 0, 20)
 
 
 def load_spec(spec_file: Path | None = None, preset: str | None = None,

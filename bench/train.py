@@ -364,7 +364,8 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         record = {"epoch": epoch, "train_loss": float(total) / local,
                   "val_auc": val_metrics["auc"],
                   "val_acc": val_metrics["acc"], "lr": opt.param_groups[0]["lr"],
-                  "epoch_s": epoch_s, "images_per_s": n / epoch_s}
+                  "epoch_s": epoch_s, "images_per_s": n / epoch_s,
+                  "images_seen": epoch * n}  # the search's fidelity unit (bench/budget.py)
         history.append(record)
         if record["val_auc"] > best_auc:
             best_auc, best_epoch = record["val_auc"], epoch

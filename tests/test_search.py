@@ -172,7 +172,8 @@ def test_final_config_is_the_best_trial_by_validation_auc(tiny_run):
 def test_wait_all_keeps_at_most_cap_tasks_in_flight(ray_session):
     import ray
 
-    from bench.search import _progress_board, _wait_all
+    from bench.progress import start_board
+    from bench.search import _wait_all
 
     @ray.remote(num_cpus=0)
     def span(i: int) -> tuple[int, float, float]:
@@ -181,17 +182,23 @@ def test_wait_all_keeps_at_most_cap_tasks_in_flight(ray_session):
         return i, t0, time.time()
 
     starters = [lambda i=i: span.remote(i) for i in range(5)]
-    out = _wait_all(starters, _progress_board(), lambda _: None, time.time(), every=0.05, cap=2)
+    out = _wait_all(starters, start_board(), lambda _: None, time.time(), every=0.05, cap=2)
     assert [i for i, _, _ in out] == list(range(5))  # results in the order given
     in_flight = [sum(a <= t < b for _, a, b in out) for _, t, _ in out]
     assert max(in_flight) <= 2, out
     assert out[2][1] >= min(out[0][2], out[1][2])  # the third started only once a slot freed
 
 
-def test_a_failing_trial_is_retried_and_ends_ok(ray_session, data_dir, tmp_path):
+def inject_faults(monkeypatch, **plan) -> None:
+    """Fault injection reaches trials through $MEDBENCH_FAULTS, never through the spec."""
+    monkeypatch.setenv("MEDBENCH_FAULTS", json.dumps(plan))
+
+
+def test_a_failing_trial_is_retried_and_ends_ok(ray_session, data_dir, tmp_path, monkeypatch):
     faults = tmp_path / "faults"
-    spec = spec_of(name="retry", max_failures=2,
-                   faults={"trials": [0], "times": 1, "dir": str(faults)})
+    inject_faults(monkeypatch, trials=[0], times=1, dir=str(faults))
+    spec = spec_of(name="retry", max_failures=2)
+    assert "faults" not in spec.to_dict()  # test hooks stay out of the user's spec.yaml
     meta, _ = execute(spec, tmp_path / "run", data_dir, final=False)
     trials, final = tables(tmp_path / "run")
     assert final is None  # search only
@@ -202,11 +209,11 @@ def test_a_failing_trial_is_retried_and_ends_ok(ray_session, data_dir, tmp_path)
     assert [len(json.loads(h)) for h in trials.history] == [1, 1]
 
 
-def test_optuna_searcher(ray_session, data_dir, tmp_path):
+def test_optuna_searcher(ray_session, data_dir, tmp_path, monkeypatch):
     # Optuna's trial ids carry no index, so the fault hook must leave them alone
     faults = tmp_path / "faults"
-    spec = spec_of(name="optuna", searcher="optuna",
-                   faults={"trials": [0, 1], "times": 5, "dir": str(faults)})
+    inject_faults(monkeypatch, trials=[0, 1], times=5, dir=str(faults))
+    spec = spec_of(name="optuna", searcher="optuna")
     execute(spec, tmp_path / "run", data_dir, final=False)
     trials, _ = tables(tmp_path / "run")
     assert len(trials) == 2 and (trials.status == "ok").all()
@@ -217,10 +224,10 @@ def test_optuna_searcher(ray_session, data_dir, tmp_path):
 
 
 def test_a_trial_that_keeps_failing_is_recorded_and_the_run_completes(ray_session, data_dir,
-                                                                      tmp_path):
+                                                                      tmp_path, monkeypatch):
     faults = tmp_path / "faults"
-    spec = spec_of(name="failing", max_failures=1, final_seeds=1,
-                   faults={"trials": [1], "times": 5, "dir": str(faults)})
+    inject_faults(monkeypatch, trials=[1], times=5, dir=str(faults))
+    spec = spec_of(name="failing", max_failures=1, final_seeds=1)
     meta, _ = execute(spec, tmp_path / "run", data_dir)
     trials, final = tables(tmp_path / "run")
     by_index = {t.trial_id.rsplit("_", 1)[-1]: t for _, t in trials.iterrows()}

@@ -1,0 +1,213 @@
+"""What runs inside a Ray trial worker: the Tune trial function, this process's data cache, the
+replay of finished trials, and the Ray Train (DDP) worker loop of a `distributed` family.
+
+The driver (`bench.search`) never calls these directly; Tune runs `trial_fn` in a worker
+process, many times over when it reuses the worker (`reuse_actors`), which is why the data
+cache lives here, per process.
+
+Test hooks reach trials from the environment, never from the user's spec:
+MEDBENCH_FAULTS (JSON, read on the driver by `faults_from_env` and handed to the trials) makes
+chosen trials fail; MEDBENCH_TRACE (a file path, read in the worker) records every start,
+finish and replay so tests can count trainings.
+
+Ray Train inside Tune (Ray 2.60, Train V2): a TorchTrainer cannot be passed to a Tuner, so the
+Tune function trial calls `TorchTrainer(...).fit()` itself and forwards each worker report to
+Tune through `TuneReportCallback`. That trial holds (almost) no resources; its workers do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import UserError
+
+FAULTS_ENV = "MEDBENCH_FAULTS"
+TRACE_ENV = "MEDBENCH_TRACE"
+
+# What the Tune trial that only drives a TorchTrainer asks for (Ray refuses plain {"cpu": 0}).
+DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024 * 1024}
+
+_DATA_CACHE: dict[tuple[str, int], Any] = {}
+
+
+def _trial_data(flag: str, size: int, data_ref: dict):
+    """Tensors for this worker process, built once from the object-store arrays."""
+    import ray
+
+    from bench.data import dataset_info, from_arrays
+    from bench.train import resolve_device
+
+    key = (flag, size)
+    if key not in _DATA_CACHE:
+        arrays = ray.get(data_ref[flag])
+        _DATA_CACHE.clear()  # one dataset per process at a time keeps memory flat
+        data = from_arrays(dataset_info(flag), size, {k: np.array(v) for k, v in arrays.items()})
+        _DATA_CACHE[key] = data.to(resolve_device("auto"))
+    return _DATA_CACHE[key]
+
+
+def faults_from_env() -> dict[str, Any]:
+    """The fault-injection plan in $MEDBENCH_FAULTS (tests only): {"trials": [indices],
+    "times": n, "dir": marker folder}; {} when unset."""
+    text = os.environ.get(FAULTS_ENV)
+    if not text:
+        return {}
+    try:
+        faults = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"${FAULTS_ENV} is not valid JSON ({e}); unset it") from None
+    if not isinstance(faults, dict) or "dir" not in faults:
+        raise UserError(f"${FAULTS_ENV} must be a JSON object with a 'dir'; unset it")
+    return faults
+
+
+def _maybe_fail(faults: dict, trial_id: str) -> None:
+    """Test-only fault injection: trials whose index is in faults['trials'] raise on their
+    first faults['times'] attempts (counted in files, so retries see earlier attempts).
+    The index is the numeric suffix of Tune's trial id (`<experiment>_00003`), which only the
+    random searcher gives; ids of other searchers (Optuna: plain hex) are never faulted."""
+    prefix, _, index = trial_id.rpartition("_")
+    if not faults or not prefix or not index.isdigit() or \
+            int(index) not in faults.get("trials", []):
+        return
+    marker = Path(faults["dir"]) / trial_id
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    attempts = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(str(attempts + 1))
+    if attempts < int(faults.get("times", 1)):
+        raise RuntimeError(f"injected fault in {trial_id} (attempt {attempts + 1})")
+
+
+def _trace(event: str, trial_id: str) -> None:
+    """Append `event trial_id` to $MEDBENCH_TRACE (tests count starts and finishes)."""
+    path = os.environ.get(TRACE_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{event} {trial_id}\n")
+
+
+def _replay(record: Path | None, job: dict) -> bool:
+    """Re-report a finished search trial's epochs from its completion record (see trial_fn).
+    False when there is none, or it belongs to another config (a reused trial id)."""
+    from ray import tune
+
+    if record is None or not record.exists():
+        return False
+    done = json.loads(record.read_text())
+    if done.get("config") != json.loads(json.dumps(job, default=str)):
+        return False
+    for rec, iter_s in done["reports"]:
+        tune.report({**rec, "time_this_iter_s": iter_s})  # keeps the trial's wall time
+    return True
+
+
+def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
+             done_dir: str | None = None, workers: int = 0, use_gpu: bool = False,
+             storage: str | None = None) -> None:
+    """One Tune trial: a search trial reports every epoch; a final trial also writes its
+    training-run directory and hands it to Tune as a checkpoint (so it reaches any storage).
+
+    A finished search trial writes a completion record to done_dir before it returns. Tune
+    saves its experiment state only every ~10 s, so after a killed driver it may restart a
+    trial that had finished; with a record, the trial replays its reports instead of training
+    again."""
+    from ray import tune
+
+    from bench.results import write_json, write_training_run
+    from bench.train import TrainConfig, fit
+
+    job = dict(config.get("job", config))
+    phase = job.pop("phase", "search")
+    job.pop("candidate", None)  # a selection re-run's bookkeeping, not a training option
+    trial_id = tune.get_context().get_trial_id()
+    record = Path(done_dir) / f"{trial_id}.json" if done_dir and phase == "search" else None
+    if _replay(record, job):
+        _trace("replay", trial_id)
+        return
+    t_last = time.perf_counter()
+    reports: list = []
+    _trace("start", trial_id)
+    _maybe_fail(faults, trial_id)
+    if workers > 1 and phase == "search":  # a Ray Train DDP job inside this Tune trial
+        fit_distributed(job, data_ref, workers, use_gpu, f"{storage}/train", trial_id)
+        _trace("finish", trial_id)
+        return
+    conf = TrainConfig.from_dict(job)
+    data = _trial_data(conf.dataset, conf.size, data_ref)
+    # `with`: when ASHA stops a trial, Tune raises SystemExit inside tune.report; the context
+    # manager still finishes the W&B run (exit code 0 for that case).
+    with tracker.start(name=f"{conf.dataset}-{conf.model}-{trial_id}",
+                       group=f"{conf.dataset}/{conf.model}", job_type=phase,
+                       config=conf.to_dict()) as run:
+
+        def on_epoch(rec: dict) -> None:
+            nonlocal t_last
+            run.log(rec, step=int(rec["epoch"]))
+            if phase == "search":
+                now = time.perf_counter()
+                plain = {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
+                reports.append((plain, now - t_last))  # numpy scalars -> JSON numbers
+                t_last = now
+                tune.report(rec)
+
+        result = fit(conf, data, on_epoch=on_epoch)
+        run.finish(result.summary())
+    if record is not None:
+        write_json(record, {"config": job, "reports": reports})
+    if phase == "select":  # a selection re-run: only its summary is needed
+        tune.report({**result.summary(), "epoch": len(result.history)})
+    if phase == "final":
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            write_training_run(out, conf.to_dict(), data.info, conf.size, result,
+                               run=f"{conf.model}-seed{conf.seed}")
+            tune.report({**result.summary(), "epoch": len(result.history)},
+                        checkpoint=tune.Checkpoint.from_directory(str(out)))
+    _trace("finish", trial_id)
+
+
+# --- a Ray Train (DDP) trial ---------------------------------------------------------------------
+
+def _worker_loop(cfg: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: the ordinary trainer on this worker's shard."""
+    import ray.train
+    import ray.train.torch
+
+    from bench.train import TrainConfig, fit
+
+    ctx = ray.train.get_context()
+    conf = TrainConfig.from_dict(cfg["job"])
+    data = _trial_data(conf.dataset, conf.size, cfg["data_ref"])
+    data = data.to(ray.train.torch.get_device())
+
+    def report(record: dict) -> None:
+        ray.train.report(dict(record))  # every worker reports; Tune sees rank 0's metrics
+
+    fit(conf, data, on_epoch=report, rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(), wrap_model=ray.train.torch.prepare_model)
+
+
+def fit_distributed(job: dict[str, Any], data_ref: dict, workers: int, use_gpu: bool,
+                    storage: str, name: str) -> None:
+    """One search trial as a DDP job of `workers` processes, reporting per epoch to Tune."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cpu_per_worker = max(1.0, float(job.get("threads") or 1))
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"job": job, "data_ref": data_ref},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpu_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
