@@ -23,7 +23,8 @@ from bench.spaces import (
 )
 from bench.train import TrainConfig
 
-FAMILY_FILES = sorted(p.stem for p in spaces_dir().glob("*.yaml") if p.stem != "common")
+FAMILY_FILES = sorted(p.stem for p in spaces_dir().glob("*.yaml")
+                      if p.stem not in ("common", "portfolio"))
 PRESET_FILES = sorted(p.stem for p in (spaces_dir() / "experiments").glob("*.yaml"))
 
 
