@@ -120,7 +120,8 @@ def test_train_seeds_writes_a_leaderboard_run(synth_dir: Path, tmp_path: Path) -
                                  f"organamnist-cnn_small-s{row.seed}")
     assert final["test_auc"].nunique() > 1  # different seeds, different runs
     mean, std = final["test_acc"].mean(), final["test_acc"].std(ddof=1)
-    assert f"| cnn_small | 28 | 3 | {mean:.3f} ± {std:.3f} [" in result.output
+    assert re.search(rf"\| (\*\*cnn_small\*\* \(picked\)|cnn_small) \| 28 \| 3 \| "
+                     rf"{mean:.3f} ± {std:.3f} \[", result.output), result.output
     board = _invoke("leaderboard", out, "--format", "csv")
     assert board.exit_code == 0, board.output
     row = pd.read_csv(__import__("io").StringIO(board.output)).iloc[0]
