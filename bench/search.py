@@ -75,7 +75,8 @@ def _history(result) -> list[dict]:
     df = result.metrics_dataframe
     if df is None or df.empty or "epoch" not in df:
         return []
-    cols = [c for c in ("epoch", "train_loss", "val_auc", "val_acc", "lr", "epoch_s") if c in df]
+    cols = [c for c in ("epoch", "images_seen", "train_loss", "val_auc", "val_acc", "lr", "epoch_s")
+            if c in df]
     return df[cols].dropna(subset=["epoch"]).to_dict("records")
 
 
