@@ -132,7 +132,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
          f"({', '.join(spec.datasets)} x {', '.join(spec.families)}), {spec.num_samples} "
          f"trials each -> {run_dir}")
     init_ray(address, num_cpus)
-    tracker = Tracker.from_env(wandb, spec.project, run_dir)
+    tracker = Tracker.from_env(wandb, spec.project, run_dir, experiment=spec.name)
     t0 = time.time()
     tables = search(spec, run_dir, storage, data_dir, tracker, echo, final=final)
     trials, finals = tables["trials"], tables["final"]
@@ -156,7 +156,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "wall_s": time.time() - t0, "n_trials": len(trials),
             "n_failed_trials": sum(t["status"] == "failed" for t in trials),
-            "n_final_runs": len(finals), "wandb_mode": tracker.mode, "budget": spent}
+            "n_final_runs": len(finals), "wandb_mode": tracker.used_mode(), "budget": spent}
     write_json(run_dir / "meta.json", meta)
     return meta
 
