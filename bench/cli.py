@@ -327,25 +327,29 @@ def leaderboard(
     n_boot: Annotated[int, typer.Option(help="bootstrap replicates for the CI")] = 1000,
 ) -> None:
     """Our final results vs the published MedMNIST v2 numbers, with CIs and verdicts."""
-    from bench.leaderboard import build_leaderboard, format_board, summarize
+    from bench.leaderboard import build_leaderboard, format_board, format_summary, summarize
 
     board = build_leaderboard(run_dirs, n_boot=n_boot)
     typer.echo(format_board(board, fmt))
     if fmt == "md":
         typer.echo("\n## Across datasets\n")
-        typer.echo(summarize(board).to_string(index=False))
+        typer.echo(format_summary(summarize(board)))
 
 
 @app.command()
 def report(
     run_dirs: RunDirs,
-    out: Annotated[Path, typer.Option(help="markdown file; figures go beside it")],
+    out: Annotated[Path | None, typer.Option(help="markdown file; figures go beside it "
+                                             "(default <first run dir>/report.md)")] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap replicates for the CI")] = 1000,
+    data_dir: Annotated[Path | None, typer.Option(help="MedMNIST files, for the misclassified "
+                                                  "test images (default as `run`)")] = None,
 ) -> None:
     """Markdown report with PNG figures from one or more run directories."""
     from bench.report import write_report
 
-    typer.echo(f"report: {write_report(run_dirs, out, n_boot=n_boot)}")
+    out = out or Path(run_dirs[0]) / "report.md"
+    typer.echo(f"report: {write_report(run_dirs, out, n_boot=n_boot, data_dir=data_dir)}")
 
 
 @app.command()
