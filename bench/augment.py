@@ -28,7 +28,7 @@ class AugmentConfig:
 
     hflip: float = 0.0  # probability of flipping the last (width) axis
     vflip: float = 0.0  # probability of flipping height; for 3D, depth too (independently)
-    rotation: float = 0.0  # max in-plane rotation in degrees, uniform in [-r, r]
+    rotation: float = 0.0  # max angle in degrees, uniform in [-r, r]; 3D: about each axis
     shift: float = 0.0  # max translation as a fraction of the image size, per axis
     zoom: float = 0.0  # isotropic scale uniform in [1 - z, 1 + z]
 
@@ -86,6 +86,21 @@ def affine_grid(theta: torch.Tensor, shape: list[int]) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
+def rotation_matrix_3d(angles: torch.Tensor) -> torch.Tensor:
+    """(N, 3) angles in radians about the x (width), y (height) and z (depth) axes -> (N, 3, 3)
+    rotations Rz @ Ry @ Rx acting on (x, y, z) coordinates."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+
+    def mat(*rows: torch.Tensor) -> torch.Tensor:
+        return torch.stack(rows, dim=-1).view(-1, 3, 3)
+
+    rx = mat(one, zero, zero, zero, c[:, 0], -s[:, 0], zero, s[:, 0], c[:, 0])
+    ry = mat(c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1])
+    rz = mat(c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one)
+    return rz @ ry @ rx
+
+
 def augment_batch(
     x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -121,18 +136,22 @@ def augment_batch(
     def uniform(bound: float, *shape: int) -> torch.Tensor:  # U[-bound, bound]
         return (torch.rand(n, *shape, generator=generator, device=dev) * 2 - 1) * bound
 
-    angle = uniform(math.radians(cfg.rotation))
+    # 2D: one in-plane angle; volumes: one about each axis (anatomy has no upright slice)
+    angles = uniform(math.radians(cfg.rotation), 1 if spatial == 2 else 3)
     scale = 1 + uniform(cfg.zoom)
     shift = uniform(cfg.shift, spatial)  # fraction of size; normalised coords span 2
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    h, w = x.shape[-2:]
-    # theta maps output to input in normalised [-1, 1] coords (x = width first). Rotating in
-    # pixel space needs the H/W aspect terms, else non-square images would shear.
     theta = torch.zeros(n, spatial, spatial + 1, device=dev, dtype=x.dtype)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
-    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
-    if spatial == 3:
-        theta[:, 2, 2] = 1 / scale  # depth: zoom and shift only
+    if spatial == 2:
+        cos, sin = torch.cos(angles[:, 0]) / scale, torch.sin(angles[:, 0]) / scale
+        h, w = x.shape[-2:]
+        # theta maps output to input in normalised [-1, 1] coords (x = width first). Rotating
+        # in pixel space needs the H/W aspect terms, else non-square images would shear.
+        theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
+        theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
+    else:  # the same pixel-space rule for any rotation: theta[i, j] = R[i, j] size_j / size_i
+        rot = rotation_matrix_3d(angles) / scale.view(-1, 1, 1)
+        sizes = torch.tensor(x.shape[:1:-1], device=dev, dtype=x.dtype)  # (W, H, D)
+        theta[:, :, :3] = rot * sizes.view(1, 1, 3) / sizes.view(1, 3, 1)
     theta[:, :, -1] = -2 * shift
     for axis, s in enumerate(signs):  # flip the input: negate that input coordinate
         if s is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,3 +135,71 @@ def test_invalid_config_raises(bad: dict) -> None:
     key = next(iter(bad))
     with pytest.raises(UserError, match=key):
         AugmentConfig.from_config(bad)
+
+
+# --- volumes (N, C, D, H, W) -------------------------------------------------------------------
+
+
+def blob(shape: tuple[int, int, int], centre: tuple[float, float, float], sigma: float,
+         n: int = 1) -> torch.Tensor:
+    """An isotropic (in voxels) Gaussian blob in a (n, 1, D, H, W) volume."""
+    axes = [torch.arange(s, dtype=torch.float64) for s in shape]
+    d, h, w = torch.meshgrid(*axes, indexing="ij")
+    r2 = (d - centre[0]) ** 2 + (h - centre[1]) ** 2 + (w - centre[2]) ** 2
+    return torch.exp(-r2 / (2 * sigma**2)).expand(n, 1, *shape).contiguous()
+
+
+def test_rotation_matrix_3d_is_a_rotation() -> None:
+    from bench.augment import rotation_matrix_3d
+
+    r = rotation_matrix_3d(torch.rand(16, 3, generator=gen(0), dtype=torch.float64) * 6 - 3)
+    eye = torch.eye(3, dtype=torch.float64).expand(16, 3, 3)
+    torch.testing.assert_close(r @ r.transpose(1, 2), eye)
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(16, dtype=torch.float64))
+
+
+def test_rotation_about_depth_axis_is_in_plane_rot90() -> None:
+    # 90 degrees about z (depth) must turn every slice by 90 degrees in its (H, W) plane and
+    # leave the depth axis alone: pins the axis order of rotation_matrix_3d and of theta.
+    from bench.augment import rotation_matrix_3d
+
+    v = batch(1, 1, 4, 6, 6, seed=3).double()
+    theta = torch.zeros(1, 3, 4, dtype=torch.float64)
+    theta[:, :, :3] = rotation_matrix_3d(torch.tensor([[0.0, 0.0, math.pi / 2]],
+                                                      dtype=torch.float64))
+    y = F.grid_sample(v, affine_grid(theta, list(v.shape)), align_corners=False)
+    torch.testing.assert_close(y, torch.rot90(v, k=1, dims=(-2, -1)))
+
+
+def test_volume_augmentation_keeps_shape_and_sample_order() -> None:
+    # Each sample is a constant volume of its own value: whatever flips, rotations, shifts and
+    # zooms do, sample i must still hold only value i (border padding), so labels stay aligned.
+    values = torch.arange(12, dtype=torch.float32)
+    v = values.view(12, 1, 1, 1, 1).expand(12, 1, 10, 12, 14).contiguous()
+    y = augment_batch(v, ALL_ON, gen(0))
+    assert y.shape == v.shape
+    torch.testing.assert_close(y, v)
+    y = augment_batch(v, AugmentConfig(hflip=0.5, vflip=0.5), gen(0))  # exact-flip path
+    assert torch.equal(y, v)
+
+
+def test_volume_rotation_turns_about_every_axis() -> None:
+    # A blob off centre along depth: an in-plane-only rotation would keep the mass of every
+    # depth slice; a rotation about the x or y axis must move mass between slices.
+    v = blob((16, 16, 16), (4.0, 7.5, 7.5), sigma=2.0, n=8)
+    y = augment_batch(v, AugmentConfig(rotation=30), gen(0))
+    per_slice = v.sum(dim=(-1, -2)), y.sum(dim=(-1, -2))
+    assert (per_slice[0] - per_slice[1]).abs().amax() > 0.1 * per_slice[0].amax()
+    assert y.sum().item() == pytest.approx(v.sum().item(), rel=0.05)
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16), (10, 14, 18)])
+def test_volume_rotation_is_rigid_in_voxel_space(shape: tuple[int, int, int]) -> None:
+    # A centred, isotropic blob is invariant under any rotation about the centre -- also in a
+    # non-cubic volume, which shears it unless theta carries the per-axis size ratios.
+    centre = tuple((s - 1) / 2 for s in shape)
+    v = blob(shape, centre, sigma=2.0, n=6)
+    y = augment_batch(v, AugmentConfig(rotation=40), gen(1))
+    assert (y - v).abs().amax() < 0.1  # trilinear interpolation error of a sigma-2 blob: 0.07
+    off = blob(shape, (centre[0], centre[1], centre[2] + 3), sigma=2.0, n=6)
+    assert (augment_batch(off, AugmentConfig(rotation=40), gen(1)) - off).abs().amax() > 0.3

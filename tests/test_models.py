@@ -15,7 +15,8 @@ from bench.models.pretrained import TORCHVISION_URLS, adapt_in_channels
 
 MODELS_2D = list_models(dims=2)
 # Small widths keep the 3D sweep cheap; one test below runs the default width.
-FAST_HP = {"resnet18_3d": {"width": 0.25}}
+FAST_HP = {"resnet18_3d": {"width": 0.25}, "resnet18_2_5d": {"width": 0.25},
+           "resnet18_acs": {"width": 0.25}}
 # The backward check is about gradient flow, not resolution: ResNet-50 runs it on 16 px inputs.
 BACKWARD_SIZE = {"resnet50": 16}
 
@@ -31,7 +32,8 @@ def _input(name: str, channels: int, size: int, batch: int = 2) -> torch.Tensor:
 
 
 def test_registry_lists_all_families() -> None:
-    assert list_models(dims=3) == ["resnet18_3d"]
+    assert list_models(dims=3) == ["cnn3d_medium", "cnn3d_small", "resnet18_2_5d",
+                                   "resnet18_2_5d_light", "resnet18_3d", "resnet18_acs"]
     assert MODELS_2D == [
         "cnn_large",
         "cnn_medium",

@@ -49,7 +49,17 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
 
 def _load_families() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from bench.models import cnn, lstm, mlp, resnet, resnet3d, vgg  # noqa: F401
+    from bench.models import (  # noqa: F401
+        acs,
+        cnn,
+        cnn3d,
+        lstm,
+        mlp,
+        resnet,
+        resnet2_5d,
+        resnet3d,
+        vgg,
+    )
 
 
 def list_models(dims: int | None = None) -> list[str]:
