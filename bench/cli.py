@@ -221,7 +221,7 @@ def perf(
     out: Annotated[Path | None, typer.Option(help="also write the results as JSON")] = None,
 ) -> None:
     """Benchmark our trainer against an official-style DataLoader loop, side by side."""
-    from bench.perf import run_perf
+    from bench.tools.perf import run_perf
 
     run_perf(quick=quick, threads=threads, device=device, data_dir=data_dir, out=out,
              echo=typer.echo)

@@ -308,9 +308,12 @@ def train_step(run: Runner, opt: torch.optim.Optimizer, sched, loss_fn: LossFn,
 def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         on_epoch: Callable[[dict[str, float]], bool | None] | None = None, *,
         rank: int = 0, world_size: int = 1,
-        wrap_model: Callable[[nn.Module], nn.Module] | None = None) -> FitResult:
+        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+        max_steps: int = 0) -> FitResult:
     """Train, keep the weights of the epoch with the best validation AUC, score val and test
     with them. `on_epoch(record)` may return True to stop early (budgets, schedulers).
+    `max_steps` > 0 ends training after that many optimizer steps, inside an epoch if need be
+    (`medbench perf` times the real loop this way on a few batches of a large model).
 
     Data-parallel use (Ray Train): each of `world_size` workers passes its `rank` and a
     `wrap_model` (e.g. DDP); every epoch's shuffled order is the same on all workers (same
@@ -344,7 +347,7 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
 
     history: list[dict[str, float]] = []
     best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
-    train_time, stopped = 0.0, False
+    train_time, stopped, steps, images_trained = 0.0, False, 0, 0
     t_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         run.model.train()
@@ -352,26 +355,33 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         perm = torch.randperm(len(train), device=run.device, generator=gen)[:n]
         perm = perm[rank::world_size]
         total = torch.zeros((), device=run.device)
+        seen = 0  # this worker's images this epoch
         for i in range(0, local, batch):
             idx = perm[i:i + batch]
             total += train_step(run, opt, sched, loss_fn, aug, gen,
                                 train.images[idx], train.labels[idx])
             if average:
                 average.update()
+            seen, steps = seen + len(idx), steps + 1
+            if steps == max_steps:
+                break
         epoch_s = time.perf_counter() - t0
         train_time += epoch_s
+        images_trained += seen * world_size
         val_metrics = evaluate(val.raw_labels, run.scores(val.images, scored), info.task)
-        record = {"epoch": epoch, "train_loss": float(total) / local,
+        record = {"epoch": epoch, "train_loss": float(total) / seen,
                   "val_auc": val_metrics["auc"],
                   "val_acc": val_metrics["acc"], "lr": opt.param_groups[0]["lr"],
-                  "epoch_s": epoch_s, "images_per_s": n / epoch_s,
-                  "images_seen": epoch * n}  # the search's fidelity unit (bench/budget.py)
+                  "epoch_s": epoch_s, "images_per_s": seen * world_size / epoch_s,
+                  "images_seen": images_trained}  # the search's fidelity unit (bench/budget.py)
         history.append(record)
         if record["val_auc"] > best_auc:
             best_auc, best_epoch = record["val_auc"], epoch
             best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         if on_epoch is not None and on_epoch(record):
             stopped = epoch < cfg.epochs
+            break
+        if steps == max_steps:
             break
 
     model.load_state_dict(best_state)
@@ -385,7 +395,7 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         val_scores=val_scores, test_scores=test_scores,
         val_labels=val.raw_labels, test_labels=data.splits["test"].raw_labels,
         wall_s=time.perf_counter() - t_start,
-        train_images_per_s=n * len(history) / max(train_time, 1e-9),
+        train_images_per_s=images_trained / max(train_time, 1e-9),
         device=str(run.device), n_params=sum(p.numel() for p in model.parameters()),
         stopped_early=stopped,
     )

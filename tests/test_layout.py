@@ -86,6 +86,14 @@ def test_trial_and_progress_code_never_import_the_driver() -> None:
         assert "bench.search" not in reachable(graph, worker_side), worker_side
 
 
+def test_the_library_never_imports_its_tools() -> None:
+    """bench/tools (benchmarks) sit beside the library: only the CLI reaches them."""
+    graph = import_graph()
+    for module, deps in graph.items():
+        if module != "bench.cli" and not module.startswith("bench.tools"):
+            assert not {d for d in deps if d.startswith("bench.tools")}, module
+
+
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
     """The checker itself: a cycle hidden in a function body and closed through a relative
     import is found; the same package without that import has none."""

@@ -7,10 +7,11 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from bench.data import dataset_info, normalize, write_synthetic
-from bench.perf import (
+from bench.tools.perf import (
     FLAG,
     MEASURED_KEYS,
     OfficialStyleDataset,
@@ -76,3 +77,20 @@ def test_openmp_wait_policy_choice(monkeypatch) -> None:
     assert bench._openmp_wait_policy() == "PASSIVE"  # busier than its cores
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert bench._openmp_wait_policy() is None  # the user's choice is kept
+
+
+def test_fit_max_steps_trains_exactly_that_many_steps(tmp_path) -> None:
+    """`medbench perf` times resnet18 through `fit(..., max_steps=)`: the cut must fall inside
+    an epoch, and the images/s must count only the images of those steps."""
+    from bench.data import load_dataset
+    from bench.train import TrainConfig, fit
+
+    write_synthetic("breastmnist", tmp_path, n=(40, 8, 8))
+    data = load_dataset("breastmnist", 28, tmp_path, verify_md5=False)
+    cfg = TrainConfig(dataset="breastmnist", model="mlp", batch_size=8, epochs=3, device="cpu")
+    cut = fit(cfg, data, max_steps=3)
+    assert len(cut.history) == 1 and cut.history[0]["images_seen"] == 3 * 8
+    assert cut.train_images_per_s == pytest.approx(24 / cut.history[0]["epoch_s"])
+    whole = fit(cfg, data, max_steps=7)  # 5 steps per epoch: stops 2 steps into epoch 2
+    assert [h["images_seen"] for h in whole.history] == [40, 56]
+    assert fit(cfg, data).history[-1]["images_seen"] == 3 * 40  # no limit: every epoch

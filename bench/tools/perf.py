@@ -10,7 +10,10 @@ Same dataset (pneumoniamnist, 28 px), same model, batch size 128 and thread coun
   official `loss.item()` per batch);
 * ours: the whole split as a uint8 tensor on the device, randperm index slices normalised by
   `Runner.inputs` (channels_last for 2D), `bench.augment.augment_batch`, and `bench.train.fit`
-  (or, time-boxed for resnet18, the same inner loop fit runs).
+  itself (for resnet18 cut to a few optimizer steps with `fit(..., max_steps=)`).
+
+A tool beside the library, not part of it: nothing in `bench/` imports this module; the CLI's
+`medbench perf` does. Measured tables live in reports/ (perf-*.md), not here.
 
 Measured: (a) the data path alone (batches ready for the model), with and without augmentation;
 (b) end-to-end training images/s for cnn_small and resnet18; (c) cnn_small's achieved training
@@ -49,16 +52,7 @@ from bench.data import (
     write_synthetic,
 )
 from bench.models import create_model
-from bench.train import (
-    Runner,
-    TrainConfig,
-    fit,
-    make_loss,
-    make_optimizer,
-    make_scheduler,
-    resolve_device,
-    train_step,
-)
+from bench.train import Runner, TrainConfig, fit, resolve_device
 
 FLAG = "pneumoniamnist"
 SIZE = 28
@@ -116,8 +110,8 @@ class ToTensor:
     """torchvision's `ToTensor()` on a PIL image, op for op (torchvision itself is not installed:
     it pins a CUDA torch): copy the pixels into a uint8 tensor, view as H x W x C, permute to
     C x H x W, make it contiguous, convert to float and divide by 255. The per-op cost is the
-    point: a numpy shortcut here made the "official" data path 1.8x faster (57k vs 33k
-    images/s on 2 cores) than this op-for-op version."""
+    point: a numpy shortcut here made the "official" side measurably faster than the real
+    thing, which flattered neither side honestly."""
 
     def __call__(self, pic: Image.Image) -> torch.Tensor:
         img = torch.from_numpy(np.array(pic, np.uint8, copy=True))
@@ -328,47 +322,6 @@ def official_train_rate(model_name: str, arrays: dict[str, np.ndarray], n_classe
     return images / (time.perf_counter() - t0)
 
 
-def our_loop_rate(cfg: TrainConfig, data: MedData, warmup: int, batches: int,
-                  max_s: float = 0.0) -> float:
-    """`bench.train.fit`'s inner training loop (same Runner, optimizer, schedule, loss,
-    augmentation), time-boxed to `batches` steps after `warmup` untimed ones (fewer if `max_s`
-    runs out). Keep it in step with fit's loop."""
-    torch.manual_seed(cfg.seed)
-    train = data.splits["train"]
-    model = create_model(cfg.model, train.images.shape[1], data.info.n_classes, data.size,
-                         **cfg.model_hp)
-    run = Runner(cfg, data, model)
-    n = len(train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    opt = make_optimizer(cfg, run.model.parameters())
-    sched = make_scheduler(cfg, opt, steps_per_epoch * cfg.epochs)
-    loss_fn = make_loss(cfg, data)
-    aug = AugmentConfig.from_config(cfg.to_dict())
-    gen = torch.Generator(device=run.device).manual_seed(cfg.seed)
-    run.model.train()
-    total = torch.zeros((), device=run.device)
-    perm, pos = torch.randperm(n, device=run.device, generator=gen), 0
-    images, t0 = 0, 0.0
-    for step in range(warmup + batches):
-        if step == warmup:
-            _sync(run.device)
-            t0 = time.perf_counter()
-        if pos >= n:
-            perm, pos = torch.randperm(n, device=run.device, generator=gen), 0
-        idx = perm[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
-        total += train_step(run, opt, sched, loss_fn, aug, gen, train.images[idx],
-                            train.labels[idx])
-        if step >= warmup:
-            images += len(idx)
-            if max_s and time.perf_counter() - t0 >= max_s:
-                break
-    _sync(run.device)
-    elapsed = time.perf_counter() - t0
-    float(total)
-    return images / elapsed
-
-
 def _subset(data: MedData, n_train: int, n_eval: int) -> MedData:
     def cut(s: Split, k: int) -> Split:
         return s if not k else Split(s.images[:k], s.labels[:k], s.raw_labels[:k])
@@ -398,14 +351,20 @@ def measure_cnn_small(arrays: dict[str, np.ndarray], data: MedData, cfg: TrainCo
 
 def measure_resnet18(arrays: dict[str, np.ndarray], data: MedData, cfg: TrainConfig, plan: Plan,
                      device: torch.device) -> tuple[list[float], list[float]]:
+    """Official-style: `resnet_batches` timed batches after warm-up (fewer if `resnet_max_s`
+    runs out). Ours: `fit` itself, stopped after `resnet_warmup` steps (untimed, warms the
+    process) and then run again for `resnet_batches` steps; its `train_images_per_s` counts
+    training steps only (scoring is excluded)."""
     official, ours = [], []
+    sub = _subset(data, 0, plan.cnn_eval_images)  # scoring is not timed; keep it small
     for rep in range(plan.resnet_reps):
         official.append(official_train_rate("resnet18", arrays, data.info.n_classes,
                                              plan.resnet_warmup, plan.resnet_batches, device,
                                              seed=rep, max_s=plan.resnet_max_s))
-        rcfg = replace(cfg, model="resnet18", seed=rep)
-        ours.append(our_loop_rate(rcfg, data, plan.resnet_warmup, plan.resnet_batches,
-                                  plan.resnet_max_s))
+        rcfg = replace(cfg, model="resnet18", seed=rep, epochs=1)
+        if plan.resnet_warmup:
+            fit(rcfg, sub, max_steps=plan.resnet_warmup)
+        ours.append(fit(rcfg, sub, max_steps=plan.resnet_batches).train_images_per_s)
     return official, ours
 
 
