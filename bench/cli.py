@@ -256,8 +256,8 @@ def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None
                      num_samples=num_samples, max_epochs=max_epochs, final_seeds=final_seeds,
                      searcher=searcher, verify_md5=False if no_verify else None)
     run_dir = out or Path("runs") / spec.name
-    execute(spec, run_dir, storage=storage, address=address, data_dir=data_dir, wandb=wandb,
-            final=final, echo=typer.echo)
+    meta = execute(spec, run_dir, storage=storage, address=address, data_dir=data_dir,
+                   wandb=wandb, final=final, echo=typer.echo)
     if final:
         from bench.experiment import publish
 
@@ -266,6 +266,12 @@ def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None
         typer.echo(board)
         typer.echo(f"report: {report_md}")
     typer.echo(f"run directory: {run_dir}")
+    if meta.get("problems"):  # results so far are written; the exit code says it failed
+        from bench.errors import RunFailure
+
+        raise RunFailure(f"{'; '.join(meta['problems'])} (errors above, in "
+                         f"{run_dir}/trials.parquet and meta.json); fix the cause and re-run "
+                         "the same command to resume")
     return run_dir
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import UserError
+from bench.errors import RunFailure, UserError
 
 SPLITS = ("train", "val", "test")
 SIZES_2D = (28, 64, 128, 224)
@@ -191,7 +191,9 @@ def ensure_file(flag: str, size: int = 28, data_dir: str | Path | None = None,
             reason = f"download failed ({e})"
     else:
         reason = "downloads are off" + (" (MEDBENCH_OFFLINE is set)" if offline else "")
-    raise UserError(
+    # a failed download is a runtime failure (exit 1); files simply missing are the user's (2)
+    error = RunFailure if reason.startswith("download failed") else UserError
+    raise error(
         f"{path.name} not found in {path.parent} and {reason}. Put the official file there "
         f"(md5 {info.md5(size)}, from {info.url(size)}), or point --data-dir / MEDMNIST_DATA "
         "at the folder that holds it."

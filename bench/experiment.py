@@ -156,9 +156,46 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "wall_s": time.time() - t0, "n_trials": len(trials),
             "n_failed_trials": sum(t["status"] == "failed" for t in trials),
+            "n_retries": sum(int(t.get("retries") or 0) for t in trials),
             "n_final_runs": len(finals), "wandb_mode": tracker.used_mode(), "budget": spent}
+    meta["failures"] = first_errors(trials, finals)
+    for where, text in meta["failures"].items():
+        echo(f"FAILED {where}: {text}")
+    meta["problems"] = outcome_problems(spec, trials, finals, final)
     write_json(run_dir / "meta.json", meta)
     return meta
+
+
+def first_errors(trials: list[dict], finals: list[dict]) -> dict[str, str]:
+    """Per failing experiment (`dataset/family`, or `final dataset/family`): how many of its
+    runs failed and the first one's error, so a failure is visible without opening tables."""
+    out: dict[str, str] = {}
+    for label, rows in (("", trials), ("final ", finals)):
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(f"{label}{r['dataset']}/{r['family']}", []).append(r)
+        for key, group in groups.items():
+            failed = [r for r in group if r.get("status") == "failed"]
+            if failed:
+                out[key] = (f"{len(failed)} of {len(group)} "
+                            f"{'runs' if label else 'trials'} failed; first error: "
+                            f"{failed[0].get('error') or 'unknown'}")
+    return out
+
+
+def outcome_problems(spec: Spec, trials: list[dict], finals: list[dict],
+                     final: bool) -> list[str]:
+    """Why this run must exit non-zero (empty: success): every trial failed, or a requested
+    (dataset, family) has no successful final run."""
+    problems = []
+    if trials and all(t.get("status") == "failed" for t in trials):
+        problems.append(f"all {len(trials)} search trials failed")
+    if final and spec.final_seeds:
+        done = {(r["dataset"], r["family"]) for r in finals if r.get("status") == "ok"}
+        missing = [f"{d}/{f}" for d, f in spec.pairs() if (d, f) not in done]
+        if missing:
+            problems.append(f"no final result for {', '.join(missing)}")
+    return problems
 
 
 def final_table(run_dir: Path) -> str:

@@ -142,7 +142,10 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
          "callbacks": [ProgressCallback(f"{dataset}/{family}", METRIC)], "verbose": 0})
     grid = tuner.fit()
     rows = []
-    for r in grid:
+    # Tune's Trial objects, in the grid's order: only they know how often a trial was retried
+    tune_trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    for i, r in enumerate(grid):
+        failures = int(getattr(tune_trials[i], "num_failures", 0)) if i < len(tune_trials) else 0
         hist = _history(r)
         best = max(hist, key=lambda h: h.get("val_auc", -1)) if hist else {}
         wall = float((r.metrics or {}).get("time_total_s", 0.0))
@@ -156,7 +159,9 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
                      "best_epoch": best.get("epoch"), "epochs_run": len(hist),
                      "wall_s": wall,
                      "device_s": wall * _device_count(res) * max(1, workers),
-                     "finished_at": (r.metrics or {}).get("timestamp")})  # finish order
+                     "finished_at": (r.metrics or {}).get("timestamp"),  # finish order
+                     # attempts that failed and were retried (a failed trial's last one is not)
+                     "retries": max(0, failures - (1 if r.error else 0))})
     return rows
 
 
