@@ -384,6 +384,22 @@ def predict(
     typer.echo(format_predictions(model_dir, rows, fmt))
 
 
+@app.command()
+def serve(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories to show")],
+    host: Annotated[str, typer.Option(help="address to listen on; anything but loopback "
+                                      "exposes a page with no authentication")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8501,
+) -> None:
+    """A local web page: the runs' leaderboard and a predictor for uploaded images or volumes
+    (needs the web extra: pip install 'medmnist-bench[web]')."""
+    from bench.serve import serve as run_server
+
+    code = run_server(run_dirs, host=host, port=port, echo=typer.echo)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,130 @@
+"""`medbench serve`: start the web page (bench/webapp.py) with Streamlit, safely by default.
+
+Why Streamlit: the study this project grew from used it; it installs from PyPI in well under a
+minute on top of our dependencies (it shares pandas, numpy, pyarrow, protobuf), imports in about
+2 s, and ships `streamlit.testing.v1.AppTest`, which runs the page's script in-process so the
+predictor and its error messages are tested without a browser. Gradio pulled in
+huggingface_hub and friends and took over a minute to import offline (measured in
+reports/web.md).
+
+Why these defaults: the app has no authentication and runs models on uploaded files, so it
+listens on loopback unless told otherwise (and then warns); Streamlit's usage statistics are
+off (no phoning home from a clinic's machine), and so is its file watcher (nothing to reload in
+a served app, and it costs CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from bench.errors import UserError
+
+WEB_EXTRA = "pip install 'medmnist-bench[web]'"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8501
+APP = Path(__file__).with_name("webapp.py")
+
+
+def require_streamlit() -> None:
+    """One clear error naming the extra when Streamlit is not installed."""
+    if importlib.util.find_spec("streamlit") is None:
+        raise UserError(f"medbench serve needs the web extra (Streamlit), which is not "
+                        f"installed; install it with: {WEB_EXTRA}")
+
+
+def run_dir_problem(path: Path | str) -> str | None:
+    """Why a directory cannot be shown (missing, empty or unfinished, nothing finished), or None.
+
+    The CLI refuses such a directory before starting the server; the page shows the same
+    message if a directory changes while it is being served.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path}: no such directory; pass a run directory such as runs/<name>"
+    if not (path / "final.parquet").is_file():
+        empty = not any(path.iterdir())
+        return (f"{path} is {'empty' if empty else 'not a finished run'} (no final.parquet); "
+                "serve a directory made by `medbench run` or `medbench train --seeds`, or wait "
+                "for its run to finish")
+    status = pd.read_parquet(path / "final.parquet", columns=["status"])["status"]
+    if not (status == "ok").any():
+        return (f"{path} has no finished final model ({len(status)} final runs, none ok); "
+                f"see `medbench leaderboard {path}` for the errors")
+    return None
+
+
+def check_run_dirs(run_dirs: Iterable[Path | str]) -> list[Path]:
+    """The run directories as paths, or a UserError for the first one that cannot be shown."""
+    paths = [Path(p) for p in run_dirs]
+    if not paths:
+        raise UserError("medbench serve needs at least one run directory, e.g. runs/<name>")
+    for p in paths:
+        problem = run_dir_problem(p)
+        if problem:
+            raise UserError(problem)
+    return paths
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """The warning printed when the app listens beyond loopback."""
+    if is_loopback(host):
+        return None
+    return (f"warning: listening on {host}:{port}: the page has NO authentication; anyone who "
+            "can reach this port can see the runs and run the models on their files. Use the "
+            f"default --host {DEFAULT_HOST} (with an SSH tunnel for remote access) unless this "
+            "network is trusted.")
+
+
+def streamlit_command(run_dirs: list[Path], host: str = DEFAULT_HOST,
+                      port: int = DEFAULT_PORT) -> list[str]:
+    """The `python -m streamlit run` command line for the app and these run directories."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true", "--server.fileWatcherType", "none",
+            "--server.runOnSave", "false", "--browser.gatherUsageStats", "false",
+            "--global.developmentMode", "false", "--client.toolbarMode", "minimal",
+            "--client.showErrorDetails", "type",
+            "--theme.base", "light",
+            "--", *[str(p.resolve()) for p in run_dirs]]
+
+
+def _echo(message: str, err: bool = False) -> None:
+    print(message, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def serve(run_dirs: Iterable[Path | str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          echo: Callable[..., None] = _echo) -> int:
+    """Check everything that can be checked, then run Streamlit in the foreground until
+    interrupted. Returns Streamlit's exit code."""
+    require_streamlit()
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port}: choose a port between 1 and 65535")
+    paths = check_run_dirs(run_dirs)
+    warning = exposure_warning(host, port)
+    if warning:
+        echo(warning, err=True)
+    shown = f"[{host}]" if ":" in host else host
+    echo(f"serving {len(paths)} run director{'y' if len(paths) == 1 else 'ies'} at "
+         f"http://{shown}:{port}  (Ctrl+C stops)")
+    proc = subprocess.Popen(streamlit_command(paths, host, port))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # Streamlit got the same SIGINT (one process group) and stops
+        return proc.wait()

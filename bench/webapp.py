@@ -1,0 +1,404 @@
+"""The page `medbench serve` shows: the runs' leaderboard and a predictor, for people who would
+rather look than type.
+
+Nothing here computes a result of its own: the leaderboard is `bench.leaderboard`'s (means,
+CIs, verdicts against the published rows), the figures are the ones `medbench report` wrote, and
+a prediction goes through `bench.predict`'s functions (model choice, `weights_only=True`
+loading, input checks and conversion, scoring, multi-label thresholding), so the page shows
+exactly what `medbench predict --format json` prints for the same file.
+
+Streamlit runs this file as a script (`streamlit run bench/webapp.py -- RUN_DIR...`); the
+helpers above `main` need no Streamlit and are tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIEWS = ("Leaderboard", "Predict")
+# Sort choices: board column and direction (metrics best first, names A-Z).
+SORTS = {"test AUC": ("test_auc_mean", False), "test ACC": ("test_acc_mean", False),
+         "validation score": ("val_score", False), "entry": ("family", True)}
+
+
+# --- leaderboard ----------------------------------------------------------------------------
+
+def mean_std_ci(row: pd.Series, metric: str) -> str:
+    """`0.871 ± 0.012 [0.841, 0.902]` for one board row, as in the markdown board."""
+    mean, std = row[f"test_{metric}_mean"], row[f"test_{metric}_std"]
+    lo, hi = row[f"{metric}_lo"], row[f"{metric}_hi"]
+    if pd.isna(mean):
+        return "-"
+    text = f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}")
+    return text if pd.isna(lo) else f"{text} [{lo:.3f}, {hi:.3f}]"
+
+
+def sort_board(board: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Rows ordered by one of SORTS (missing values last), stable."""
+    column, ascending = SORTS[by]
+    if column not in board.columns:  # e.g. a board made before val_score existed
+        return board
+    return board.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+
+
+def entry_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One dataset's board rows as the page's table: numbers stay numbers (so clicking a
+    column header sorts them numerically), CIs and published comparisons beside them."""
+
+    def ci(lo: float, hi: float) -> str:
+        return "" if pd.isna(lo) else f"[{lo:.3f}, {hi:.3f}]"
+
+    def best(value: float, method: str | None) -> str:
+        return "-" if pd.isna(value) else f"{value:.3f} ({method})"
+
+    r = rows.reset_index(drop=True)
+    table = pd.DataFrame({
+        "run": r["run"],
+        "entry": r["family"],
+        "picked": r["picked"].astype(bool) if "picked" in r else False,
+        "size": r["size"].astype(int),
+        "seeds": r["n_seeds"].astype(int),
+        "failed": r["n_failed"].astype(int),
+        "AUC": r["test_auc_mean"], "AUC std": r["test_auc_std"],
+        "AUC 95% CI": [ci(lo, hi) for lo, hi in zip(r["auc_lo"], r["auc_hi"], strict=True)],
+        "ACC": r["test_acc_mean"], "ACC std": r["test_acc_std"],
+        "ACC 95% CI": [ci(lo, hi) for lo, hi in zip(r["acc_lo"], r["acc_hi"], strict=True)],
+        "reference": r["ref_method"],
+        "ref AUC": r["ref_auc"], "Δ AUC": r["delta_auc_vs_resnet18"],
+        "AUC vs ref": r["verdict_auc_vs_resnet18"],
+        "ref ACC": r["ref_acc"], "Δ ACC": r["delta_acc_vs_resnet18"],
+        "ACC vs ref": r["verdict_acc_vs_resnet18"],
+        "best published AUC": [best(v, m) for v, m in zip(r["best_auc"], r["best_auc_method"],
+                                                            strict=True)],
+        "AUC vs best": r["verdict_auc_vs_best"],
+        "best published ACC": [best(v, m) for v, m in zip(r["best_acc"], r["best_acc_method"],
+                                                            strict=True)],
+        "ACC vs best": r["verdict_acc_vs_best"],
+        "val score": r["val_score"] if "val_score" in r else r["val_auc_mean"],
+        "trials": r["trials"].astype(int),
+        "device-s": r["device_s"].round(0),
+    })
+    if table["run"].nunique() == 1:
+        table = table.drop(columns="run")
+    return table
+
+
+def report_figures(run_dir: Path, flags: list[str]) -> tuple[dict[str, list[Path]], list[Path]]:
+    """PNG figures `medbench report` left in the run directory (`<report>_figures/`): per
+    dataset (file names start with the flag), and the rest (across datasets)."""
+    per: dict[str, list[Path]] = {f: [] for f in flags}
+    rest: list[Path] = []
+    for png in sorted(Path(run_dir).glob("*_figures/*.png")):
+        flag = next((f for f in sorted(flags, key=len, reverse=True)
+                     if png.name.startswith(f"{f}_")), None)
+        (per[flag] if flag else rest).append(png)
+    return per, rest
+
+
+# --- predictor --------------------------------------------------------------------------------
+
+def predictable_entries(board: pd.DataFrame, run: str, flag: str) -> tuple[list[str], int]:
+    """The single-model entries of a (run, dataset) that can score a file, and the index of the
+    default: the run's picked entry, or for a picked seed ensemble (`<family> ×N ens`) its
+    members' family, since `medbench predict` scores one model. Else the best val score."""
+    rows = board[(board["run"] == run) & (board["dataset"] == flag) & (board["n_seeds"] > 0)]
+    kind = rows["kind"] if "kind" in rows else pd.Series("single", index=rows.index)
+    singles = rows[kind == "single"]
+    score = singles["val_score"] if "val_score" in singles else singles["val_auc_mean"]
+    names = list(singles.assign(_s=score).sort_values("_s", ascending=False)["family"])
+    if not names:
+        return [], 0
+    default = 0
+    if "picked" in rows and rows["picked"].astype(bool).any():
+        picked = str(rows[rows["picked"].astype(bool)]["family"].iloc[0])
+        for i, name in enumerate(names):
+            if picked == name or picked.startswith(f"{name} ×"):
+                default = i
+    return names, default
+
+
+def check_upload(name: str, dims: int, flag: str) -> None:
+    """A clear error for a file type the model cannot read (before any decoding)."""
+    from bench.predict import VOLUME_SUFFIXES
+
+    lower = name.lower()
+    kind = ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
+    if kind in IMAGE_SUFFIXES + VOLUME_SUFFIXES:
+        return  # image vs volume mismatches: bench.predict says which the model needs
+    wanted = (f"a 2D image ({', '.join(IMAGE_SUFFIXES)})" if dims == 2
+              else f"a 3D volume ({', '.join(VOLUME_SUFFIXES)})")
+    raise UserError(f"{name}: {kind or 'no extension'} is not a file type the predictor reads; "
+                    f"the {flag} model takes {wanted}")
+
+
+@dataclass
+class UploadPrediction:
+    """What the page shows for one uploaded file."""
+
+    row: dict[str, Any]  # as in `medbench predict --format json`: input, class/labels, ...
+    model_input: np.ndarray  # the file as the model saw it (uint8, dataset layout)
+    warnings: list[str] = field(default_factory=list)
+
+
+def predict_upload(model: Any, name: str, data: bytes) -> UploadPrediction:
+    """Score one uploaded file with a loaded `bench.predict.LoadedModel`."""
+    from bench.predict import describe, load_input, score
+
+    check_upload(name, model.dims, model.info.flag)
+    with tempfile.TemporaryDirectory(prefix="medbench-upload-") as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_bytes(data)
+        try:
+            arr, notes = load_input(path, model)
+        except UserError as e:  # name the file as the user knows it, not our temp path
+            raise UserError(str(e).replace(str(path), Path(name).name)) from None
+    probs = score(model, arr[None])[0]
+    row = {"input": Path(name).name, **describe(probs, model.info), "warnings": notes}
+    return UploadPrediction(row, arr, notes)
+
+
+def probability_frame(row: dict[str, Any], labels: dict[str, str],
+                      multi_label: bool) -> pd.DataFrame:
+    """Per class: index, name, probability (4 decimals, as in the JSON) and whether chosen."""
+    from bench.predict import THRESHOLD
+
+    probs = row["probabilities"]
+    chosen = ({x["index"] for x in row["labels"]} if multi_label else {row["class"]})
+    return pd.DataFrame({
+        "class": list(range(len(probs))),
+        "label": [labels[str(i)] for i in range(len(probs))],
+        "probability": [f"{p:.4f}" for p in probs],
+        "predicted": ["yes" if i in chosen else "" for i in range(len(probs))],
+    }).assign(**({"threshold": f"> {THRESHOLD}"} if multi_label else {}))
+
+
+def model_metrics(model_dir: Path) -> dict[str, Any]:
+    """The chosen model's own metrics.json (test/val ACC and AUC of that seed)."""
+    import json
+
+    path = Path(model_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def preview(arr: np.ndarray, dims: int, px: int = 196) -> np.ndarray:
+    """What the model saw, enlarged without smoothing; a volume's middle slice."""
+    from PIL import Image
+
+    img = arr[arr.shape[0] // 2] if dims == 3 else arr
+    return np.asarray(Image.fromarray(img).resize((px, px), Image.NEAREST))
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+def main(run_dirs: list[str]) -> None:
+    import streamlit as st
+
+    from bench.serve import run_dir_problem
+
+    st.set_page_config(page_title="MedMNIST-Bench", layout="wide")
+    st.title("MedMNIST-Bench")
+    problems = [p for p in (run_dir_problem(d) for d in run_dirs) if p]
+    for problem in problems:
+        st.error(problem)
+    good = [d for d in run_dirs if run_dir_problem(d) is None]
+    if not run_dirs:
+        st.error("No run directory given: start the page with `medbench serve runs/<name>`.")
+    if not good:
+        st.stop()
+    with st.sidebar:
+        view = st.radio("View", VIEWS, key="view")
+        st.caption("Runs served: " + ", ".join(f"`{Path(d).name}`" for d in good))
+        st.caption("This page has no authentication; it is meant for your own machine.")
+    try:
+        board, roots = _board(tuple(good), _stamps(good))
+    except UserError as e:
+        st.error(str(e))
+        st.stop()
+    if board.empty:
+        st.error("The run directories hold no final results to show.")
+        st.stop()
+    if view == "Leaderboard":
+        _leaderboard_view(st, board, roots)
+    else:
+        _predict_view(st, board, roots)
+
+
+def _stamps(run_dirs: list[str]) -> tuple[float, ...]:
+    """Modification times of the final tables: the cache key that notices a finished run."""
+    return tuple((Path(d) / "final.parquet").stat().st_mtime for d in run_dirs)
+
+
+def _board(run_dirs: tuple[str, ...], stamps: tuple[float, ...]) -> tuple[pd.DataFrame,
+                                                                          dict[str, str]]:
+    import streamlit as st
+
+    @st.cache_data(show_spinner="Building the leaderboard (bootstrap CIs)...")
+    def build(run_dirs: tuple[str, ...], stamps: tuple[float, ...]):
+        from bench.leaderboard import build_leaderboard, load_seeds
+
+        seeds = load_seeds(list(run_dirs))
+        roots = dict(zip(seeds["run"], seeds["root"], strict=True))
+        return build_leaderboard(list(run_dirs)), roots
+
+    return build(run_dirs, stamps)
+
+
+def _leaderboard_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
+    from bench.leaderboard import format_board
+
+    st.header("Leaderboard")
+    st.caption("Test ACC and AUC: mean and std over fresh seeds, 95% bootstrap CI over test "
+               "images and seeds. A verdict says above or below a published number only when "
+               "the CI excludes it. Picked: the entry the run chooses per dataset, on "
+               "validation only. Click a column header to sort by it.")
+    by = st.selectbox("Sort entries by", list(SORTS), key="sort")
+    col = {"column_config": {c: st.column_config.NumberColumn(format="%.3f")
+                             for c in ("AUC", "AUC std", "ACC", "ACC std", "ref AUC", "Δ AUC",
+                                       "ref ACC", "Δ ACC", "val score")}}
+    flags = sorted(board["dataset"].unique())
+    figures = {run: report_figures(Path(root), flags) for run, root in roots.items()}
+    for flag in flags:
+        rows = sort_board(board[board["dataset"] == flag], by)
+        st.subheader(f"{flag} ({rows['task'].iloc[0]})")
+        st.dataframe(entry_table(rows), hide_index=True, **col)
+        for note in (n for n in rows["baseline_note"].unique() if n):
+            st.caption(f"Note: {note}.")
+        pngs = [p for per, _ in figures.values() for p in per.get(flag, [])]
+        if pngs:
+            with st.expander(f"Report figures for {flag} ({len(pngs)})", expanded=True):
+                for i in range(0, len(pngs), 2):
+                    for col, png in zip(st.columns(2), pngs[i:i + 2], strict=False):
+                        col.image(str(png), caption=png.name)
+        else:
+            st.caption(f"No report figures for {flag} in the run directory; "
+                       "`medbench report RUN_DIR` makes them.")
+    rest = [p for _, other in figures.values() for p in other]
+    if rest:
+        with st.expander(f"Figures across datasets ({len(rest)})"):
+            for png in rest:
+                st.image(str(png), caption=png.name)
+    c1, c2 = st.columns(2)
+    c1.download_button("Leaderboard as markdown", format_board(board, "md"),
+                       file_name="leaderboard.md")
+    c2.download_button("Leaderboard as CSV", format_board(board, "csv"),
+                       file_name="leaderboard.csv")
+
+
+def _model(root: str, flag: str, family: str, stamp: float) -> Any:
+    import streamlit as st
+
+    @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
+    def load(root: str, flag: str, family: str, stamp: float):
+        from bench.predict import load_model
+
+        return load_model(Path(root), flag, family)
+
+    return load(root, flag, family, stamp)
+
+
+def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
+    from bench.predict import THRESHOLD, VOLUME_SUFFIXES, format_predictions
+
+    st.header("Predict")
+    pairs = list(board[board["n_seeds"] > 0][["run", "dataset"]].drop_duplicates()
+                 .itertuples(index=False, name=None))
+    multi_run = len(roots) > 1
+    c1, c2 = st.columns(2)
+    run, flag = c1.selectbox("Dataset", pairs, key="dataset",
+                             format_func=lambda p: f"{p[1]} (run {p[0]})" if multi_run else p[1])
+    names, default = predictable_entries(board, run, flag)
+    if not names:
+        st.error(f"{flag}: the run has no finished single model to predict with.")
+        return
+    family = c2.selectbox("Entry", names, index=default, key=f"entry-{run}-{flag}",
+                          help="Default: the run's pick (for a picked seed ensemble, its "
+                               "family's best-validation seed: one model scores the file).")
+    root = roots[run]
+    try:
+        model = _model(root, flag, family,
+                       (Path(root) / "final.parquet").stat().st_mtime)
+    except UserError as e:
+        st.error(str(e))
+        return
+    kind = ("a 2D image (PNG or JPEG)" if model.dims == 2
+            else f"a 3D volume ({', '.join(VOLUME_SUFFIXES)}; NIfTI needs the nifti extra)")
+    upload = st.file_uploader(f"Upload {kind}", key=f"upload-{run}-{flag}")
+    metrics = model_metrics(model.path)
+    entry = board[(board["run"] == run) & (board["dataset"] == flag)
+                  & (board["family"] == family)].iloc[0]
+    left, right = st.columns([3, 2])
+    with right:
+        st.markdown(f"**Model**: {family}, seed run `{Path(model.path).name}` (best validation "
+                    "AUC of its seeds), loaded with `weights_only=True`")
+        m1, m2, m3 = st.columns(3)
+        m1.metric("test AUC (this model)", _num(metrics.get("test_auc")))
+        m2.metric("test ACC (this model)", _num(metrics.get("test_acc")))
+        m3.metric("val AUC (this model)", _num(metrics.get("val_auc")))
+        st.markdown(f"**Entry over {int(entry['n_seeds'])} seeds**  \n"
+                    f"AUC {mean_std_ci(entry, 'auc')}  \nACC {mean_std_ci(entry, 'acc')}")
+    if upload is None:
+        left.info(f"Upload {kind} to classify it with the {flag} model.")
+        return
+    try:
+        result = predict_upload(model, upload.name, upload.getvalue())
+    except UserError as e:
+        left.error(str(e))
+        return
+    row, info = result.row, model.info
+    with left:
+        for note in result.warnings:
+            st.warning(note)
+        if info.multi_label:
+            chosen = ", ".join(f"{x['label']} ({x['p']:.4f})" for x in row["labels"])
+            st.success(f"Predicted labels (p > {THRESHOLD}): {chosen or 'none'}")
+        else:
+            st.success(f"Predicted class {row['class']}: {row['label']} "
+                       f"(p = {row['probabilities'][row['class']]:.4f})")
+        table = probability_frame(row, info.labels, info.multi_label)
+        _bar_chart(st, table, info.multi_label)
+        st.table(table.set_index("class"))
+        with st.expander("As `medbench predict --format json` prints it"):
+            st.code(format_predictions(model.path, [row], "json"), language="json")
+    with right:
+        st.image(preview(result.model_input, model.dims),
+                 caption=f"{upload.name} as the model sees it "
+                         f"({'middle slice, ' if model.dims == 3 else ''}{model.size} px)")
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _bar_chart(st: Any, table: pd.DataFrame, multi_label: bool) -> None:
+    import altair as alt
+
+    from bench.predict import THRESHOLD
+
+    data = table.assign(p=table["probability"].astype(float),
+                        name=[f"{c}: {lab}" for c, lab in zip(table["class"], table["label"],
+                                                              strict=True)])
+    bars = alt.Chart(data).mark_bar().encode(
+        x=alt.X("p:Q", title="probability", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("name:N", title=None, sort=None),
+        color=alt.condition(alt.datum.predicted == "yes", alt.value("#d62728"),
+                            alt.value("#1f77b4")),
+        tooltip=["class", "label", "probability"])
+    if multi_label:
+        bars += alt.Chart(pd.DataFrame({"t": [THRESHOLD]})).mark_rule(
+            strokeDash=[4, 4]).encode(x="t:Q")
+    st.altair_chart(bars, width="stretch")
+
+
+if __name__ == "__main__":  # `streamlit run bench/webapp.py -- RUN_DIR...`
+    main(sys.argv[1:])

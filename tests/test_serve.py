@@ -1,0 +1,470 @@
+"""`medbench serve`: safe defaults, clear errors, the page (Streamlit's AppTest, in-process), and
+the real app in headless Chromium on a real BreastMNIST run.
+
+The browser test needs Debian's `chromium` + `chromium-driver` (`.ci/run` installs them) and
+Selenium (the dev extra); it skips with the reason when they are missing. Two environment
+variables reuse it to make the README's screenshots:
+`MEDBENCH_WEB_RUN=<run dir>` serves that run instead of training a small one, and
+`MEDBENCH_WEB_SCREENSHOTS=<folder>` saves web-leaderboard.png and web-predict.png there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bench import cli, serve
+from bench.data import write_synthetic
+from bench.errors import UserError
+from bench.results import FINAL_COLUMNS, write_table
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def _run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+              capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """`bench.cli.main` in this process: the path that turns UserError into exit 2."""
+    monkeypatch.setattr(sys, "argv", ["medbench", *argv])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _cli(*args: object) -> str:
+    result = runner.invoke(cli.app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+# --- launcher: bind address, warnings, missing extra, bad run directories --------------------
+
+@pytest.fixture()
+def launched(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record the Streamlit command instead of starting a server."""
+    calls: list[list[str]] = []
+
+    class FakePopen:
+        def __init__(self, cmd: list[str]) -> None:
+            calls.append(cmd)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(serve.subprocess, "Popen", FakePopen)
+    real = serve.importlib.util.find_spec  # the launcher's checks do not need Streamlit itself
+    monkeypatch.setattr(serve.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "streamlit" else real(name, *a))
+    return calls
+
+
+@pytest.fixture()
+def fake_run(tmp_path: Path) -> Path:
+    """A run directory with one finished final model row (enough for the launcher's checks)."""
+    run = tmp_path / "run"
+    write_table(run / "final.parquet", [{"dataset": "breastmnist", "family": "cnn_small",
+                                         "seed": 0, "size": 28, "status": "ok",
+                                         "run_dir": "final/x"}], FINAL_COLUMNS)
+    return run
+
+
+def _option(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_serve_binds_loopback_by_default(launched, fake_run, monkeypatch, capsys) -> None:
+    code, out, err = _run_main(["serve", str(fake_run)], monkeypatch, capsys)
+    assert code == 0, err
+    [cmd] = launched
+    assert _option(cmd, "--server.address") == "127.0.0.1"
+    assert _option(cmd, "--server.port") == "8501"
+    assert _option(cmd, "--browser.gatherUsageStats") == "false"
+    assert cmd[cmd.index("--") + 1:] == [str(fake_run.resolve())]
+    assert "http://127.0.0.1:8501" in out and "authentication" not in err
+
+
+def test_serve_on_all_interfaces_warns_about_no_authentication(launched, fake_run, monkeypatch,
+                                                               capsys) -> None:
+    code, _, err = _run_main(["serve", str(fake_run), "--host", "0.0.0.0", "--port", "9000"],
+                             monkeypatch, capsys)
+    assert code == 0
+    assert _option(launched[0], "--server.address") == "0.0.0.0"
+    assert "warning: listening on 0.0.0.0:9000" in err and "NO authentication" in err
+
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("127.0.0.2", True),
+                                           ("localhost", True), ("::1", True),
+                                           ("0.0.0.0", False), ("::", False),
+                                           ("192.168.1.5", False), ("myhost", False)])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert serve.is_loopback(host) is loopback
+    assert (serve.exposure_warning(host, 8501) is None) is loopback
+
+
+def test_missing_web_extra_names_it(launched, fake_run, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(serve.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "streamlit" else object())
+    code, _, err = _run_main(["serve", str(fake_run)], monkeypatch, capsys)
+    assert code == 2 and not launched
+    assert err.startswith("error: ") and "medmnist-bench[web]" in err and "Traceback" not in err
+
+
+def _all_failed_run(tmp_path: Path) -> Path:
+    run = tmp_path / "failed"
+    write_table(run / "final.parquet", [{"dataset": "breastmnist", "family": "mlp", "seed": 0,
+                                         "size": 28, "status": "failed", "run_dir": "x"}],
+                FINAL_COLUMNS)
+    return run
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty", r"empty \(no final.parquet\)"),
+    ("missing", "no such directory"),
+    ("unfinished", r"not a finished run \(no final.parquet\)"),
+    ("all failed", "no finished final model"),
+])
+def test_bad_run_directories_are_refused_before_starting(case, message, launched, tmp_path,
+                                                         monkeypatch, capsys) -> None:
+    run = {"empty": tmp_path / "empty", "missing": tmp_path / "nope",
+           "unfinished": tmp_path / "busy"}.get(case)
+    if case == "empty":
+        run.mkdir()
+    elif case == "unfinished":
+        (run / "trials").mkdir(parents=True)
+    elif case == "all failed":
+        run = _all_failed_run(tmp_path)
+    code, _, err = _run_main(["serve", str(run)], monkeypatch, capsys)
+    assert code == 2 and not launched
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(message, err), err
+
+
+def test_bad_port_is_a_user_error(fake_run) -> None:
+    with pytest.raises(UserError, match="--port 70000"):
+        serve.serve([fake_run], port=70000)
+
+
+# --- the page, in-process (Streamlit's AppTest) -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> dict[str, Path]:
+    """Real `medbench train --seeds` runs on synthetic files: a 2D BreastMNIST run with two
+    seeds (single and ensemble entries, a picked one) and a 3D OrganMNIST3D run."""
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "data"
+    write_synthetic("breastmnist", data, n=(64, 32, 40), seed=1)
+    breast, organ = root / "breast", root / "organ3d"
+    _cli("train", "--dataset", "breastmnist", "--model", "cnn_small", "--epochs", 2,
+         "--seeds", "0,1", "--data-dir", data, "--no-verify", "--device", "cpu",
+         "--set", "threads=1", "--out", breast)
+    _cli("train", "--dataset", "organmnist3d", "--model", "cnn3d_small", "--epochs", 1,
+         "--seeds", "0", "--data-dir", synth_dir, "--no-verify", "--device", "cpu",
+         "--set", "threads=1", "--out", organ)
+    png = root / "breast_test3.png"
+    Image.fromarray(np.load(data / "breastmnist.npz")["test_images"][3]).save(png)
+    npy = root / "organ_test0.npy"
+    np.save(npy, np.load(synth_dir / "organmnist3d.npz")["test_images"][0])
+    return {"breast": breast, "organ": organ, "png": png, "npy": npy}
+
+
+def _page(run_dirs: list[str]) -> None:
+    from bench.webapp import main
+
+    main(run_dirs)
+
+
+def _app(*run_dirs: Path):
+    testing = pytest.importorskip("streamlit.testing.v1",
+                                  reason="the web extra (Streamlit) is not installed")
+    at = testing.AppTest.from_function(_page, args=([str(p) for p in run_dirs],),
+                                                 default_timeout=300)
+    return at.run()
+
+
+def _predict_page(*run_dirs: Path):
+    at = _app(*run_dirs)
+    return at.sidebar.radio(key="view").set_value("Predict").run()
+
+
+def test_leaderboard_view_shows_the_board_and_sorts(trained) -> None:
+    from bench.leaderboard import build_leaderboard
+
+    at = _app(trained["breast"])
+    assert not at.exception and not at.error
+    assert [h.value for h in at.subheader] == ["breastmnist (binary-class)"]
+    shown = at.dataframe[0].value
+    board = build_leaderboard(trained["breast"])
+    assert sorted(shown["entry"]) == sorted(board["family"])
+    for _, r in board.iterrows():
+        row = shown[shown["entry"] == r["family"]].iloc[0]
+        assert row["AUC"] == pytest.approx(r["test_auc_mean"])
+        assert row["ACC"] == pytest.approx(r["test_acc_mean"])
+        assert row["AUC vs ref"] == r["verdict_auc_vs_resnet18"]
+        assert row["picked"] == r["picked"]
+        assert row["AUC 95% CI"].startswith("[")
+    assert list(shown["AUC"]) == sorted(shown["AUC"], reverse=True)  # default: test AUC
+    at.selectbox(key="sort").set_value("entry").run()
+    assert list(at.dataframe[0].value["entry"]) == sorted(board["family"])
+    assert "No report figures for breastmnist" in " ".join(c.value for c in at.caption)
+
+
+def test_leaderboard_view_shows_report_figures(trained, tmp_path) -> None:
+    run = tmp_path / "with-report"
+    shutil.copytree(trained["breast"], run)
+    figs = run / "report_figures"
+    figs.mkdir()
+    for name in ("breastmnist_vs_published.png", "cost.png"):
+        Image.new("RGB", (40, 30), "white").save(figs / name)
+    at = _app(run)
+    assert not at.exception
+    labels = [e.label for e in at.expander]
+    assert "Report figures for breastmnist (1)" in labels
+    assert "Figures across datasets (1)" in labels
+
+
+def test_predictor_matches_medbench_predict_json(trained) -> None:
+    at = _predict_page(trained["breast"])
+    assert not at.exception and not at.error
+    entry = at.selectbox[1]
+    assert entry.value == "cnn_small"  # the only single-model entry; picked may be its ensemble
+    png = trained["png"]
+    at.file_uploader[0].set_value((png.name, png.read_bytes(), "image/png")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    expected = json.loads(_cli("predict", png, "--run", trained["breast"], "--dataset",
+                               "breastmnist", "--format", "json"))["predictions"][0]
+    assert at.success[0].value.startswith(f"Predicted class {expected['class']}: "
+                                          f"{expected['label']} ")
+    table = at.table[0].value
+    assert list(table["probability"]) == [f"{p:.4f}" for p in expected["probabilities"]]
+    assert list(table["predicted"]).index("yes") == expected["class"]
+    metric_labels = [m.label for m in at.metric]
+    assert "test AUC (this model)" in metric_labels and "test ACC (this model)" in metric_labels
+
+
+def test_wrong_file_type_is_named(trained) -> None:
+    at = _predict_page(trained["breast"])
+    at.file_uploader[0].set_value(("notes.txt", b"hello", "text/plain")).run()
+    [error] = at.error
+    assert error.value.startswith("notes.txt: .txt is not a file type the predictor reads")
+    assert "2D image (.png, .jpg, .jpeg)" in error.value
+
+
+def test_a_volume_given_to_a_2d_model_is_refused(trained) -> None:
+    at = _predict_page(trained["breast"])
+    npy = trained["npy"]
+    at.file_uploader[0].set_value((npy.name, npy.read_bytes(), "application/octet-stream")).run()
+    [error] = at.error
+    assert error.value.startswith(f"{npy.name}: a volume, but") and "2D images" in error.value
+    assert "medbench-upload-" not in error.value  # the user's file name, not our temp path
+
+
+def test_an_image_given_to_a_3d_model_is_refused_and_a_volume_is_scored(trained) -> None:
+    at = _predict_page(trained["organ"])
+    png = trained["png"]
+    at.file_uploader[0].set_value((png.name, png.read_bytes(), "image/png")).run()
+    [error] = at.error
+    assert error.value.startswith(f"{png.name}: a 3D model reads volumes")
+    npy = trained["npy"]
+    at.file_uploader[0].set_value((npy.name, npy.read_bytes(), "application/octet-stream")).run()
+    assert not at.error and not at.exception
+    expected = json.loads(_cli("predict", npy, "--run", trained["organ"], "--format",
+                               "json"))["predictions"][0]
+    assert list(at.table[0].value["probability"]) == [f"{p:.4f}"
+                                                      for p in expected["probabilities"]]
+
+
+def test_an_empty_run_directory_is_explained_on_the_page(trained, tmp_path) -> None:
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    at = _app(empty)
+    assert [e.value for e in at.error] == [serve.run_dir_problem(empty)]
+    assert "is empty" in at.error[0].value and not at.dataframe
+    at = _app(empty, trained["breast"])  # the good one is still shown
+    assert len(at.error) == 1 and len(at.dataframe) == 1
+
+
+# --- the real app in headless Chromium on a real BreastMNIST run --------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1500,1300"]
+
+
+def _browser_or_skip():
+    """A headless Chromium driven by Selenium, or a skip naming what is missing."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no browser: Debian's chromium and chromium-driver are not installed "
+                    "(`apt-get install chromium chromium-driver`; .ci/run does it)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
+                                    "(it comes with the dev extra)")
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download
+    for attempt in range(3):  # a busy machine sometimes misses chromedriver's start-up wait
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chr-')}"]:
+            options.add_argument(flag)
+        try:
+            return webdriver.Chrome(service=Service(driver), options=options)
+        except WebDriverException:
+            if attempt == 2:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _medbench(*args: object, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, check=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory, real_data_dir: Path) -> Path:
+    """A small real BreastMNIST run: the validation-chosen recipe, 2 seeds x 2 epochs."""
+    if os.environ.get("MEDBENCH_WEB_RUN"):
+        return Path(os.environ["MEDBENCH_WEB_RUN"])
+    out = tmp_path_factory.mktemp("web") / "breast-run"
+    _medbench("train", "--config", REPO / "search_spaces/configs/breast_cnn.yaml",
+              "--seeds", "100,101", "--set", "epochs=2", "--set", "threads=1",
+              "--data-dir", real_data_dir, "--out", out)
+    return out
+
+
+@pytest.fixture()
+def server(real_run: Path, tmp_path: Path):
+    """`medbench serve` on a free loopback port, stopped (its whole process group) afterwards."""
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "serve", str(real_run),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            raise AssertionError(f"medbench serve did not start: "
+                                 f"{(tmp_path / 'serve.log').read_text()[-2000:]}")
+        time.sleep(1)
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_real_app_in_headless_chromium(real_run, server, real_data_dir, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bench.leaderboard import build_leaderboard
+
+    png = tmp_path / "breastmnist_test_0.png"
+    Image.fromarray(np.load(real_data_dir / "breastmnist.npz")["test_images"][0]).save(png)
+    expected = json.loads(_medbench("predict", png, "--run", real_run, "--dataset",
+                                    "breastmnist", "--format", "json").stdout)["predictions"][0]
+    board = build_leaderboard(real_run, n_boot=10)
+    shots = os.environ.get("MEDBENCH_WEB_SCREENSHOTS")
+    browser = _browser_or_skip()
+    try:
+        wait = WebDriverWait(browser, 240)
+        browser.get(server)
+
+        def cells(d) -> list[str]:
+            return [c.get_attribute("textContent") for c in
+                    d.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame'] td")]
+
+        wait.until(lambda d: "cnn_small" in cells(d))
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "breastmnist (binary-class)" in body
+        # the grid's accessible table: entry, picked, size, seeds, failed, AUC, ...
+        header = [h.get_attribute("textContent") for h in browser.find_elements(
+            By.CSS_SELECTOR, "[data-testid='stDataFrame'] th")]
+        rows = pd.DataFrame(np.array(cells(browser)).reshape(-1, len(header)), columns=header)
+        for _, r in board.iterrows():
+            shown = rows[rows["entry"] == r["family"]].iloc[0]
+            assert float(shown["AUC"]) == pytest.approx(r["test_auc_mean"], abs=1e-9)
+            assert float(shown["ACC"]) == pytest.approx(r["test_acc_mean"], abs=1e-9)
+            assert shown["AUC vs ref"] == r["verdict_auc_vs_resnet18"]
+        if shots:
+            time.sleep(3)  # let the figures finish loading
+            _full_page_screenshot(browser, Path(shots) / "web-leaderboard.png")
+
+        radio = [el for el in browser.find_elements(By.CSS_SELECTOR,
+                                                    "[data-testid='stSidebar'] label")
+                 if el.text.strip() == "Predict"]
+        radio[0].click()
+        upload = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']"))
+        upload[0].send_keys(str(png))
+        wait.until(lambda d: "Predicted class" in d.find_element(By.TAG_NAME, "body").text)
+        success = browser.find_element(By.CSS_SELECTOR, "[data-testid='stAlertContentSuccess']")
+        assert success.text.startswith(f"Predicted class {expected['class']}: "
+                                       f"{expected['label']} ")
+        table = browser.find_element(By.CSS_SELECTOR, "[data-testid='stTable'] table")
+        read = [[c.text for c in tr.find_elements(By.CSS_SELECTOR, "th, td")]
+                for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert [int(r[0]) for r in read] == list(range(len(expected["probabilities"])))
+        assert [r[2] for r in read] == [f"{p:.4f}" for p in expected["probabilities"]]
+        assert [r[3] for r in read].index("yes") == expected["class"]
+        if shots:
+            time.sleep(3)
+            _full_page_screenshot(browser, Path(shots) / "web-predict.png")
+    finally:
+        browser.quit()
+
+
+def _full_page_screenshot(browser, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main section, so size the window to it."""
+    from selenium.webdriver.common.by import By
+
+    main = browser.find_element(By.CSS_SELECTOR, "[data-testid='stMain']")
+    height = browser.execute_script("return arguments[0].scrollHeight", main)
+    browser.set_window_size(1500, min(max(int(height) + 40, 900), 4000))
+    time.sleep(2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(path))
+    browser.set_window_size(1500, 1300)
