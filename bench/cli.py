@@ -385,6 +385,25 @@ def predict(
 
 
 @app.command()
+def audit(
+    flags: Annotated[str, typer.Argument(help="comma-separated flags, e.g. breastmnist,"
+                                         "retinamnist")],
+    data_dir: DataDir = None,
+    size: Annotated[int, typer.Option(help="image size: 28, 64, 128, 224")] = 28,
+    fmt: Annotated[str, typer.Option("--format", help="md | json")] = "md",
+    out: Annotated[Path | None, typer.Option(help="write here instead of printing (md: with "
+                                             "a figure of example pairs beside it)")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="also save the audit into this "
+                                                 "run directory, for its leaderboard")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="recompute even if cached")] = False,
+) -> None:
+    """Data audit: exact/near duplicates within and across splits, blank images, label balance."""
+    from bench.audit import run_audit
+
+    typer.echo(run_audit(flags, data_dir, size, fmt, out, run_dir, use_cache=not no_cache))
+
+
+@app.command()
 def serve(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories to show")],
     host: Annotated[str, typer.Option(help="address to listen on; anything but loopback "
