@@ -655,3 +655,31 @@ def run_audit(flags: str, data_dir: str | Path | None = None, size: int = 28,
             if png:
                 figures[a["flag"]] = png
     return str(write_text(out, format_md(audits, figures, figs.name)))
+
+
+def report_lines(runs: list[tuple[Path, str, int]], figs: Path, rel: str,
+                 data_dir: str | Path | None = None) -> list[str]:
+    """The report's data-audit section for the runs' (root, dataset, size): counts, and a
+    figure of example pairs when the data file can be read. Empty when nothing was audited."""
+    audits: dict[tuple[str, int], dict[str, Any]] = {}
+    for root, flag, size in runs:
+        if (flag, size) not in audits and (a := audit_for_run(root, flag, size)) is not None:
+            audits[(flag, size)] = a
+    if not audits:
+        return []
+    out = ["## Data audit", "",
+           "Duplicates, blank images and label balance of each dataset's file (`medbench "
+           "audit`); the leaderboard's leakage-free columns drop the test images counted in "
+           f"'test images with a copy in train/val'. Near: distance <= {NEAR_THRESHOLD}.", "",
+           *summary_table(list(audits.values())), ""]
+    for (flag, size), a in sorted(audits.items()):
+        if not example_pairs(a):
+            continue
+        try:
+            arrays, _ = load_for_audit(flag, size, data_dir, allow_download=False)
+        except UserError:
+            continue
+        png = fig_pairs(a, arrays, figs / f"{flag}{'' if size == 28 else f'_{size}'}_pairs.png")
+        if png:
+            out += [f"![{flag} duplicate pairs]({rel}/{png.name})", ""]
+    return out

@@ -949,6 +949,15 @@ def _studies(paths: list[Path], labels: list[str]) -> dict[str, dict]:
     return out
 
 
+def _audit_md(seeds: pd.DataFrame, figs: Path, rel: str,
+              data_dir: str | Path | None) -> list[str]:
+    """The data-audit section (bench.audit): duplicate counts and example pairs side by side."""
+    from bench.audit import report_lines
+
+    runs = sorted({(str(r.root), str(r.dataset), int(r.size)) for r in seeds.itertuples()})
+    return report_lines(runs, figs, rel, data_dir)
+
+
 def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
                  data_dir: str | Path | None = None) -> Path:
     """Write the markdown report and its figures; returns the markdown path. Also (re)writes
@@ -981,5 +990,6 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
         md += _search_md(by_label, trials, flag, studies, figs, rel)
     if not board.empty:
         md += _cost_md(board, figs, rel)
+    md += _audit_md(seeds, figs, rel, data_dir)
     md += _runs_md(paths)
     return write_text(out_md, "\n".join(md).rstrip() + "\n")

@@ -253,3 +253,21 @@ def test_bad_input_one_line_nonzero_nothing_written(tmp_path: Path, problem: str
         assert "\n" not in msg and len(msg) > 20
     assert sorted(p.name for p in data.iterdir()) == before  # no cache written
     assert not out.parent.exists()
+
+
+def test_report_section_counts_and_pairs_figure(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDMNIST_DATA", str(tmp_path / "no-data"))
+    arrays, _ = planted_arrays(n=(120, 20, 60), n_exact=2, n_near=4, n_blank=0, seed=12)
+    data = tmp_path / "data"
+    _save(data, "breastmnist", arrays)
+    run = tmp_path / "run"
+    run.mkdir()
+    A.run_audit("breastmnist", data, run_dir=run)
+    figs = tmp_path / "rep_figures"
+    lines = A.report_lines([(run, "breastmnist", 28)], figs, figs.name, data)
+    text = "\n".join(lines)
+    assert "## Data audit" in text and "| breastmnist | 120/20/60 |" in text
+    assert "6 (10.0%)" in text  # 2 exact + 4 near test images have a copy in train
+    assert (figs / "breastmnist_pairs.png").stat().st_size > 1000
+    assert A.report_lines([(tmp_path / "other", "breastmnist", 28)], figs, "f", data) == []
