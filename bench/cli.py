@@ -15,7 +15,36 @@ import typer
 from bench.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Hyperparameter search and honest benchmarking on MedMNIST.")
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Hyperparameter search and honest benchmarking on MedMNIST.\n\n"
+                       "Exit codes: 0 success; 1 runtime failure (trials failed, no final "
+                       "result, a download failed); 2 usage error (bad option or input file).")
+
+
+def choice(*allowed: str):
+    """An option callback that accepts only `allowed` values (a usage error, exit 2, else)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import bench
+
+        typer.echo(f"medbench {bench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="print the version and exit")] = False) -> None:
+    """The options every command shares (here only --version)."""
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="folder of MedMNIST .npz files "
                                               "(default: $MEDMNIST_DATA, else ~/.medmnist)")]
@@ -77,9 +106,16 @@ def train(
     data_dir: DataDir = None,
     no_verify: NoVerify = False,
     out: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+    list_options: Annotated[bool, typer.Option(
+        "--list-options", help="list every training option (--set key=value) and each model's "
+                               "hyperparameters with their defaults, then exit")] = False,
 ) -> None:
     """Train one model on one dataset and write a run directory (with --seeds: one per seed,
-    plus final.parquet, so `medbench leaderboard` and `report` read it like a `medbench run`)."""
+    plus final.parquet, so `medbench leaderboard` and `report` read it like a `medbench run`).
+    Options left out take the defaults that --list-options shows (or the preset's)."""
+    if list_options:
+        typer.echo(training_options_text())
+        return
     from bench.data import load_dataset
     from bench.results import ensure_fresh_dir
     from bench.train import TrainConfig, resolve_device
@@ -148,6 +184,28 @@ def _train_one(conf, data, out: Path):
                f"ACC {result.test['acc']:.4f} | {result.wall_s:.1f}s, "
                f"{result.train_images_per_s:.0f} img/s | {out}")
     return result
+
+
+def training_options_text() -> str:
+    """Every TrainConfig option with its default, then each model's own hyperparameters."""
+    from dataclasses import MISSING, fields
+
+    from bench.models import get_entry, list_models
+    from bench.train import PRESETS, TrainConfig
+
+    lines = ["Training options (--set key=value, a --config YAML, or the flags above):"]
+    for f in fields(TrainConfig):
+        if f.name == "model_hp":
+            continue
+        default = f.default if f.default is not MISSING else "(required)"
+        lines.append(f"  {f.name:<18} {default!r}")
+    lines += ["", f"Presets (--preset): {', '.join(PRESETS)}", "",
+              "Model hyperparameters (--set key=value), per family:"]
+    for name in list_models():
+        e = get_entry(name)
+        hp = ", ".join(f"{k}={v!r}" for k, v in e.hparams().items()) or "(none)"
+        lines.append(f"  {name:<22} {e.dims}D  {hp}")
+    return "\n".join(lines)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -329,12 +387,24 @@ RunDirs = Annotated[list[Path], typer.Argument(help="run directories (several me
 @app.command()
 def leaderboard(
     run_dirs: RunDirs,
-    fmt: Annotated[str, typer.Option("--format", help="md | csv | json")] = "md",
+    fmt: Annotated[str, typer.Option("--format", help="md | csv | json",
+                                     callback=choice("md", "csv", "json"))] = "md",
     n_boot: Annotated[int, typer.Option(help="bootstrap replicates for the CI")] = 1000,
 ) -> None:
-    """Our final results vs the published MedMNIST v2 numbers, with CIs and verdicts."""
-    from bench.leaderboard import build_leaderboard, format_board, format_summary, summarize
+    """Our final results vs the published MedMNIST v2 numbers, with CIs and verdicts (for
+    search-only directories: their best trials, labelled as such)."""
+    from bench.leaderboard import (
+        build_leaderboard,
+        format_best_trials,
+        format_board,
+        format_summary,
+        is_search_only,
+        summarize,
+    )
 
+    if run_dirs and all(is_search_only(p) for p in run_dirs):
+        typer.echo(format_best_trials(run_dirs, fmt=fmt))
+        return
     board = build_leaderboard(run_dirs, n_boot=n_boot)
     typer.echo(format_board(board, fmt))
     if fmt == "md":
@@ -368,15 +438,14 @@ def predict(
     dataset: Annotated[str | None, typer.Option(
         help="the dataset the model was trained on (default: the run's only one)")] = None,
     family: Annotated[str | None, typer.Option(help="a family (default: best by val AUC)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+    fmt: Annotated[str, typer.Option("--format", help="text | json",
+                                     callback=choice("text", "json"))] = "text",
 ) -> None:
     """Classify images or volumes with a run's model (best by validation AUC); multi-label
     models list every label with p > 0.5."""
     from bench.predict import format_predictions
     from bench.predict import predict as run_predict
 
-    if fmt not in ("text", "json"):
-        raise UserError(f"--format {fmt!r}: choose text or json")
     model_dir, rows = run_predict(run_dir, dataset, images, family)
     for r in rows:
         for note in r["warnings"]:

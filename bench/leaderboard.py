@@ -459,3 +459,46 @@ def format_board(board: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "json":
         return board.to_json(orient="records", indent=2) + "\n"
     raise UserError(f"Unknown leaderboard format {fmt!r}: use one of md, csv, json.")
+
+
+def is_search_only(run_dir: Path) -> bool:
+    """A `medbench search` directory: trials, but no final seeded runs."""
+    run_dir = Path(run_dir)
+    return (run_dir / "trials.parquet").is_file() and not (run_dir / "final.parquet").is_file()
+
+
+def format_best_trials(run_dirs: RunDirs, top: int = 3, fmt: str = "md") -> str:
+    """For search-only runs: each (dataset, family)'s best `top` trials by validation AUC.
+
+    Clearly labelled, because these are single search trials on seed 0, scored on validation
+    only: no fresh seeds, no test metrics, nothing to hold against the published numbers.
+    """
+    trials = load_trials(run_dirs)
+    if trials.empty:
+        raise UserError("no search trials in the given run directories; pass a directory made "
+                        "by `medbench search` or `medbench run`")
+    ok = trials[trials["status"] == "ok"].copy()
+    ok["best_val_auc"] = pd.to_numeric(ok["best_val_auc"], errors="coerce")
+    cols = ["run", "dataset", "family", "trial_id", "best_val_auc", "best_val_acc",
+            "best_epoch", "epochs_run"]
+    best = (ok.sort_values("best_val_auc", ascending=False)
+            .groupby(["run", "dataset", "family"], sort=True).head(top)
+            .sort_values(["run", "dataset", "family", "best_val_auc"],
+                         ascending=[True, True, True, False])[cols])
+    counts = trials.groupby(["dataset", "family"])["status"].value_counts().unstack(fill_value=0)
+    if fmt == "json":
+        return best.to_json(orient="records", indent=2)
+    if fmt == "csv":
+        return best.to_csv(index=False)
+    note = (f"**Search only (no final phase): the best {top} search trials per dataset and "
+            "family by validation AUC.** Single trials on the search seed, validation scores "
+            "only; not a leaderboard (run `medbench run` for fresh seeds, test metrics and "
+            "verdicts).")
+    lines = [note, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in best.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v)
+                                       for v in r) + " |")
+    lines += ["", "Trials per experiment: " + "; ".join(
+        f"{d}/{f}: " + ", ".join(f"{n} {s}" for s, n in row.items() if n)
+        for (d, f), row in counts.iterrows())]
+    return "\n".join(lines)
