@@ -1,4 +1,4 @@
-"""The official MedMNIST metrics (identical to `medmnist.evaluator.getAUC/getACC`), plus the
+"""The official MedMNIST metrics (medmnist's own `evaluator.getAUC/getACC`), plus the
 per-class report, confusion matrix and bootstrap confidence intervals the leaderboard needs.
 
 Scores are probabilities (softmax for single-label tasks, sigmoid for multi-label), one row per
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import confusion_matrix as _sk_confusion
-from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import precision_recall_fscore_support
 
 MULTI_LABEL = "multi-label, binary-class"
 BINARY = "binary-class"
@@ -19,41 +19,20 @@ def _prepare(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
 
 
-def _mean(values) -> float:
-    """Left-to-right sum / n, as medmnist's evaluator averages. `np.mean` sums 8 or more
-    values pairwise, which can differ from the official number in the last digit."""
-    values = list(values)
-    total = 0
-    for v in values:
-        total += v
-    return float(total / len(values))
-
-
 def auc_score(y_true: np.ndarray, y_score: np.ndarray, task: str) -> float:
-    """Official AUC: class-1 score for binary, mean one-vs-rest for multi-class/ordinal,
-    mean per-label AUC for multi-label."""
-    y_true, y_score = _prepare(y_true, y_score)
-    if task == MULTI_LABEL:
-        return _mean(roc_auc_score(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1]))
-    if task == BINARY:
-        if y_score.ndim == 2:
-            y_score = y_score[:, -1]
-        return float(roc_auc_score(y_true, y_score))
-    return _mean(roc_auc_score((y_true == i).astype(float), y_score[:, i])
-                 for i in range(y_score.shape[1]))
+    """Official AUC, by medmnist's own `getAUC`: class-1 score for binary, mean one-vs-rest for
+    multi-class/ordinal, mean per-label AUC for multi-label."""
+    from medmnist.evaluator import getAUC  # imported here: medmnist loads torch (seconds)
+
+    return float(getAUC(*_prepare(y_true, y_score), task))
 
 
 def acc_score(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: float = 0.5) -> float:
-    """Official ACC: strict `> 0.5` on probabilities for binary and multi-label, else argmax."""
-    y_true, y_score = _prepare(y_true, y_score)
-    if task == MULTI_LABEL:
-        return _mean(np.mean(y_true[:, i] == (y_score[:, i] > threshold))
-                     for i in range(y_true.shape[1]))
-    if task == BINARY:
-        if y_score.ndim == 2:
-            y_score = y_score[:, -1]
-        return float(np.mean(y_true == (y_score > threshold)))
-    return float(np.mean(y_true == np.argmax(y_score, axis=-1)))
+    """Official ACC, by medmnist's own `getACC`: strict `> threshold` on probabilities for
+    binary and multi-label, else argmax."""
+    from medmnist.evaluator import getACC
+
+    return float(getACC(*_prepare(y_true, y_score), task, threshold))
 
 
 def evaluate(y_true: np.ndarray, y_score: np.ndarray, task: str) -> dict[str, float]:

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from medmnist.evaluator import getACC, getAUC
 from medmnist.info import INFO
+from reference_stats import reference_bootstrap
+from sklearn.metrics import roc_auc_score
 
-from bench.data import MedData, Split, load_dataset
+from bench.data import MedData, Split, dataset_info, from_arrays, load_dataset, synthetic_arrays
 from bench.metrics import (
     acc_score,
     auc_score,
@@ -23,8 +25,8 @@ from bench.metrics import (
 )
 
 REAL = ("breastmnist", "pneumoniamnist", "retinamnist")
-SYNTH = ("chestmnist", "organamnist")
-FLAGS = REAL + SYNTH
+# synthetic stand-ins cover every task: binary, ordinal (5 classes), multi-label (14), multi-class
+SYNTH = ("breastmnist", "retinamnist", "chestmnist", "organamnist")
 MULTI = "multi-label, binary-class"
 
 
@@ -37,17 +39,18 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def datasets(request: pytest.FixtureRequest, synth_dir: Path) -> dict[str, MedData]:
-    out = {}
-    for flag in FLAGS:
-        if flag in REAL:
-            root = request.getfixturevalue("real_data_dir")
-            if not (root / f"{flag}.npz").is_file():
-                continue
-            out[flag] = load_dataset(flag, data_dir=root)
-        else:
-            out[flag] = load_dataset(flag, data_dir=synth_dir, verify_md5=False)
-    return out
+def synth() -> dict[str, MedData]:
+    """Synthetic arrays in each subset's exact layout: no file, no real data needed."""
+    return {flag: from_arrays(dataset_info(flag), 28, synthetic_arrays(flag, n=(96, 64, 80)))
+            for flag in SYNTH}
+
+
+@pytest.fixture(scope="module")
+def real(real_data_dir: Path) -> dict[str, MedData]:
+    """The real (md5-checked) subsets; the tests that use this fixture say so in their name
+    (`..._real_data`) and are the only ones skipped without the files."""
+    return {flag: load_dataset(flag, data_dir=real_data_dir) for flag in REAL
+            if (real_data_dir / f"{flag}.npz").is_file()}
 
 
 def _data(datasets: dict[str, MedData], flag: str) -> MedData:
@@ -74,21 +77,27 @@ def _assert_official(y: np.ndarray, s: np.ndarray, task: str) -> None:
     assert isinstance(ours["auc"], float) and isinstance(ours["acc"], float)
 
 
-@pytest.mark.parametrize("flag", FLAGS)
-@pytest.mark.parametrize("split", ["val", "test"])
-def test_equals_official_on_random_scores(datasets, flag: str, split: str) -> None:
-    data = _data(datasets, flag)
+def _check_random_scores(data: MedData, flag: str, split: str) -> None:
     y, task = data.splits[split].raw_labels, data.info.task
     rng = np.random.default_rng(zlib.crc32(f"{flag}/{split}".encode()))
     for _ in range(4):
         _assert_official(y, _random_scores(y, task, data.info.n_classes, rng), task)
 
 
-@pytest.mark.parametrize("flag", ["breastmnist", "pneumoniamnist"])
-def test_binary_score_layouts(datasets, flag: str) -> None:
+@pytest.mark.parametrize("flag", SYNTH)
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_equals_official_on_random_scores(synth, flag: str, split: str) -> None:
+    _check_random_scores(synth[flag], flag, split)
+
+
+@pytest.mark.parametrize("flag", REAL)
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_equals_official_on_random_scores_real_data(real, flag: str, split: str) -> None:
+    _check_random_scores(_data(real, flag), flag, split)
+
+
+def _check_binary_layouts(y: np.ndarray, task: str) -> None:
     """Binary scores as softmax rows (N, 2), a single column (N, 1) or a vector (N,)."""
-    data = _data(datasets, flag)
-    y, task = data.splits["test"].raw_labels, data.info.task
     rng = np.random.default_rng(0)
     two = _random_scores(y, task, 2, rng)
     for s in (two, two[:, 1:], two[:, 1]):
@@ -98,6 +107,17 @@ def test_binary_score_layouts(datasets, flag: str) -> None:
     half = np.full((len(y), 2), 0.5)
     assert acc_score(y, half, task) == getACC(y, half, task) == float(np.mean(y == 0))
     assert auc_score(y, half, task) == 0.5
+
+
+def test_binary_score_layouts(synth) -> None:
+    data = synth["breastmnist"]
+    _check_binary_layouts(data.splits["test"].raw_labels, data.info.task)
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "pneumoniamnist"])
+def test_binary_score_layouts_real_data(real, flag: str) -> None:
+    data = _data(real, flag)
+    _check_binary_layouts(data.splits["test"].raw_labels, data.info.task)
 
 
 def test_logits_are_not_probabilities() -> None:
@@ -110,29 +130,23 @@ def test_logits_are_not_probabilities() -> None:
     assert auc_score(y, p, "binary-class") == auc_score(y, logits, "binary-class") == 1.0
 
 
-@pytest.fixture(scope="module")
-def trained_scores(datasets) -> dict[str, dict[str, np.ndarray]]:
-    """val/test scores of an MLP trained briefly on (at most 256 images of) each train set."""
+def _trained_scores(data: MedData) -> dict[str, np.ndarray]:
+    """val/test scores of an MLP trained briefly on (at most 256 images of) the train set."""
     from bench.train import fit
 
-    out = {}
-    for flag, data in datasets.items():
-        tr = data.splits["train"]
-        small = MedData(data.info, data.size, {
-            "train": Split(tr.images[:256], tr.labels[:256], tr.raw_labels[:256]),
-            "val": data.splits["val"], "test": data.splits["test"]})
-        r = fit({"model": "mlp", "hidden": 128, "epochs": 2, "batch_size": 64, "device": "cpu",
-                 "scheduler": "constant"}, small)
-        out[flag] = {"val": r.val_scores, "test": r.test_scores}
-    return out
+    tr = data.splits["train"]
+    small = MedData(data.info, data.size, {
+        "train": Split(tr.images[:256], tr.labels[:256], tr.raw_labels[:256]),
+        "val": data.splits["val"], "test": data.splits["test"]})
+    r = fit({"model": "mlp", "hidden": 128, "epochs": 2, "batch_size": 64, "device": "cpu",
+             "scheduler": "constant"}, small)
+    return {"val": r.val_scores, "test": r.test_scores}
 
 
-@pytest.mark.parametrize("flag", FLAGS)
-def test_equals_official_on_trained_model_scores(datasets, trained_scores, flag: str) -> None:
-    data = _data(datasets, flag)
-    task = data.info.task
+def _check_trained_scores(data: MedData) -> None:
+    task, scores = data.info.task, _trained_scores(data)
     for split in ("val", "test"):
-        s, y = trained_scores[flag][split], data.splits[split].raw_labels
+        s, y = scores[split], data.splits[split].raw_labels
         assert s.shape == (len(y), data.info.n_classes)
         if task == MULTI:
             assert ((s > 0) & (s < 1)).all()
@@ -143,9 +157,17 @@ def test_equals_official_on_trained_model_scores(datasets, trained_scores, flag:
         _assert_official(y, s.astype(np.float32), task)
 
 
-@pytest.mark.parametrize("flag", FLAGS)
-def test_class_report_and_confusion(datasets, flag: str) -> None:
-    data = _data(datasets, flag)
+@pytest.mark.parametrize("flag", SYNTH)
+def test_equals_official_on_trained_model_scores(synth, flag: str) -> None:
+    _check_trained_scores(synth[flag])
+
+
+@pytest.mark.parametrize("flag", REAL)
+def test_equals_official_on_trained_model_scores_real_data(real, flag: str) -> None:
+    _check_trained_scores(_data(real, flag))
+
+
+def _check_class_report_and_confusion(data: MedData, flag: str) -> None:
     info = data.info
     y, task = data.splits["test"].raw_labels, info.task
     s = _random_scores(y, task, info.n_classes, np.random.default_rng(1))
@@ -179,6 +201,16 @@ def test_class_report_and_confusion(datasets, flag: str) -> None:
                 assert r["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
 
 
+@pytest.mark.parametrize("flag", SYNTH)
+def test_class_report_and_confusion(synth, flag: str) -> None:
+    _check_class_report_and_confusion(synth[flag], flag)
+
+
+@pytest.mark.parametrize("flag", REAL)
+def test_class_report_and_confusion_real_data(real, flag: str) -> None:
+    _check_class_report_and_confusion(_data(real, flag), flag)
+
+
 def test_class_report_without_names() -> None:
     y = np.array([[0], [1], [2], [2]])
     s = np.eye(3)[[0, 1, 2, 1]]
@@ -197,9 +229,7 @@ def _binary_problem(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return y, np.stack([1 - p1, p1], axis=1)
 
 
-@pytest.mark.parametrize("flag", FLAGS)
-def test_bootstrap_brackets_point_estimate(datasets, flag: str) -> None:
-    data = _data(datasets, flag)
+def _check_brackets_point_estimate(data: MedData) -> None:
     y, task = data.splits["test"].raw_labels, data.info.task
     rng = np.random.default_rng(2)
     seeds = [_random_scores(y, task, data.info.n_classes, rng) for _ in range(3)]
@@ -209,6 +239,16 @@ def test_bootstrap_brackets_point_estimate(datasets, flag: str) -> None:
         lo, hi = ci[k]
         assert 0.0 <= lo <= point[k] <= hi <= 1.0, (k, ci[k], point[k])
         assert hi > lo
+
+
+@pytest.mark.parametrize("flag", SYNTH)
+def test_bootstrap_brackets_point_estimate(synth, flag: str) -> None:
+    _check_brackets_point_estimate(synth[flag])
+
+
+@pytest.mark.parametrize("flag", REAL)
+def test_bootstrap_brackets_point_estimate_real_data(real, flag: str) -> None:
+    _check_brackets_point_estimate(_data(real, flag))
 
 
 def test_bootstrap_narrower_with_more_samples() -> None:
@@ -236,3 +276,88 @@ def test_bootstrap_wider_with_seed_spread() -> None:
     one = bootstrap_ci(y, [s, s], "binary-class", n_boot=300)
     mixed = bootstrap_ci(y, [s, other], "binary-class", n_boot=300)
     assert mixed["auc"][1] - mixed["auc"][0] > one["auc"][1] - one["auc"][0]
+
+
+# --- bootstrap CI against a slow, obvious reference ----------------------------------------------
+
+def _tied_runs(task: str, n: int, n_runs: int, k: int, seed: int = 3):
+    """Labels and `n_runs` *different* score arrays rounded to one decimal, so most scores are
+    tied with others (as a saturated or coarsely calibrated model gives)."""
+    rng = np.random.default_rng(seed)
+    if task == MULTI:
+        y = (rng.random((n, k)) < 0.4).astype(int)
+        runs = [np.round(1 / (1 + np.exp(-(rng.normal(0, 1.5, (n, k)) + (r + 1) * 0.6 * y))), 1)
+                for r in range(n_runs)]
+    else:
+        y = rng.integers(0, k, (n, 1))
+        runs = [np.round(_softmax(rng.normal(0, 1.5, (n, k)) + (r + 1) * 0.6 * np.eye(k)[y[:, 0]]),
+                         1) for r in range(n_runs)]
+    return y, runs
+
+
+def _assert_ci_equal(got: dict, want: dict) -> None:
+    for m in ("acc", "auc"):
+        assert got[m] == pytest.approx(want[m], abs=1e-12), (m, got[m], want[m])
+
+
+@pytest.mark.parametrize(("task", "k"), [("binary-class", 2), ("ordinal-regression", 5),
+                                         ("multi-class", 4), (MULTI, 4)])
+def test_bootstrap_equals_slow_reference_with_ties_and_seeds(task: str, k: int) -> None:
+    """Default level: the CI is the 2.5th and 97.5th percentile (95%, not 90%) of replicates
+    that resample images *and* seeds, with tied scores ranked as sklearn ranks them."""
+    y, runs = _tied_runs(task, n=60, n_runs=3, k=k)
+    ties = len(np.unique(runs[0])) / runs[0].size
+    assert ties < 0.2  # the case is really about ties
+    got = bootstrap_ci(y, runs, task, n_boot=120, seed=11)
+    _assert_ci_equal(got, reference_bootstrap(y, runs, task, 120, (2.5, 97.5), seed=11))
+
+
+def test_bootstrap_tied_auc_uses_average_ranks() -> None:
+    """One replicate that is the identity resample: the vectorised rank AUC of heavily tied
+    scores equals sklearn's (average ranks), not an ordinal tie-break."""
+    from bench.metrics import _rank_auc
+
+    y, (s,) = _tied_runs("binary-class", n=200, n_runs=1, k=2)
+    want = roc_auc_score(y[:, 0], s[:, 1])
+    got = _rank_auc(y[:, 0][None] == 1, s[:, 1][None])
+    assert got[0] == pytest.approx(want, abs=1e-12)
+    # and an ordinal tie-break really gives another number on these scores
+    order = np.argsort(s[:, 1], kind="stable")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    pos = y[:, 0] == 1
+    ordinal = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
+    assert abs(ordinal - want) > 1e-3
+
+
+@pytest.mark.parametrize(("level", "percentiles"), [(0.95, (2.5, 97.5)), (0.8, (10.0, 90.0))])
+def test_bootstrap_level_sets_the_percentiles(level: float, percentiles: tuple) -> None:
+    y, runs = _tied_runs("binary-class", n=80, n_runs=2, k=2, seed=5)
+    got = bootstrap_ci(y, runs, "binary-class", n_boot=150, level=level, seed=2)
+    _assert_ci_equal(got, reference_bootstrap(y, runs, "binary-class", 150, percentiles, seed=2))
+    # the default is the 95% interval
+    if level == 0.95:
+        assert bootstrap_ci(y, runs, "binary-class", n_boot=150, seed=2) == got
+
+
+def test_bootstrap_resamples_seeds() -> None:
+    """Runs that disagree: the CI must differ from both the first run's and the pooled-without-
+    seed-resampling one, and equal the reference that resamples seeds."""
+    y, runs = _tied_runs("binary-class", n=60, n_runs=3, k=2, seed=8)
+    runs = [runs[0], np.round(runs[1] ** 3, 1), 1 - runs[2]]  # very different seeds
+    got = bootstrap_ci(y, runs, "binary-class", n_boot=150, seed=4)
+    _assert_ci_equal(got, reference_bootstrap(y, runs, "binary-class", 150, (2.5, 97.5), 4))
+    first = bootstrap_ci(y, runs[:1], "binary-class", n_boot=150, seed=4)
+    assert got["auc"] != first["auc"]
+
+
+def test_bootstrap_drops_replicates_without_a_class() -> None:
+    """2 positives in 40: some resamples have none (no AUC); those replicates are dropped from
+    both metrics, exactly as the reference drops them."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((40, 1), dtype=int)
+    y[[3, 17]] = 1
+    runs = [np.round(rng.random((40, 2)), 1) for _ in range(2)]
+    want = reference_bootstrap(y, runs, "binary-class", 200, (2.5, 97.5), seed=1)
+    assert 0 < want["kept"] < 200
+    _assert_ci_equal(bootstrap_ci(y, runs, "binary-class", n_boot=200, seed=1), want)
