@@ -161,7 +161,8 @@ class Spec:
         `budgets` overrides them (a ResNet on a CPU costs ~100x a small CNN per epoch)."""
         base = {"num_samples": int(self.num_samples), "max_epochs": int(self.max_epochs),
                 "grace_period": int(self.grace_period)}
-        return {**base, **{k: int(v) for k, v in self.budgets.get(family, {}).items()}}
+        return {**base, **{k: int(v) for k, v in self.budgets.get(family, {}).items()
+                           if k in base}}
 
     def trial_epochs(self, family: str, n_train: int) -> int:
         """Epochs of a full-fidelity trial of `family` on a training split of n_train images."""
@@ -170,7 +171,9 @@ class Spec:
         if not self.fidelity:
             return self.budget(family)["max_epochs"]
         f = self.fidelity
-        return epochs_for(int(f["trial_images"]), n_train, int(f.get("min_epochs", 1)),
+        # a family may see fewer images per trial (a 3D CNN on a CPU: budgets.<family>)
+        images = self.budgets.get(family, {}).get("trial_images", f["trial_images"])
+        return epochs_for(int(images), n_train, int(f.get("min_epochs", 1)),
                           int(f.get("max_epochs", 1000)))
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -244,9 +247,14 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
             raise UserError(f"{where}: distributed must map families to a worker count >= 1 "
                             f"(got {fam!r}: {w!r})")
     for fam, b in spec.budgets.items():
-        if not isinstance(b, dict) or set(b) - {"num_samples", "max_epochs", "grace_period"}:
+        if not isinstance(b, dict) or set(b) - {"num_samples", "max_epochs", "grace_period",
+                                                "trial_images"}:
             raise UserError(f"{where}: budgets must map families to num_samples / max_epochs / "
-                            f"grace_period (got {fam!r}: {b!r})")
+                            f"grace_period / trial_images (got {fam!r}: {b!r})")
+        if "trial_images" in b and not (isinstance(b["trial_images"], int)
+                                        and b["trial_images"] >= 1):
+            raise UserError(f"{where}: budgets.{fam}.trial_images must be an integer >= 1 "
+                            f"(got {b['trial_images']!r})")
     for fam in [None, *spec.budgets]:
         b = spec.budget(fam) if fam else spec.budget("")
         label = f" (budget of {fam})" if fam else ""
@@ -318,4 +326,21 @@ def load_spec(spec_file: Path | None = None, preset: str | None = None,
         raw = _read_yaml(spaces_dir() / "experiments" / f"{preset}.yaml", "preset")
         where = f"preset {preset}"
     raw.update({k: v for k, v in cli.items() if v is not None})
+    if spec_file is None and cli.get("families") is None:
+        raw["families"] = _families_that_fit(raw.get("families"), raw.get("datasets"))
     return build_spec(raw, where)
+
+
+def _families_that_fit(families: Any, datasets: Any) -> Any:
+    """A preset lists 2D and 3D families alike (quick: cnn_small ... cnn3d_small); the datasets
+    chosen decide which apply. Unknown names, or none fitting, are left for build_spec to
+    report."""
+    from bench.data import dataset_info
+    from bench.models import get_entry, list_models
+
+    try:
+        dims = {dataset_info(d).dims for d in _as_list(datasets)}
+    except UserError:
+        return families
+    fit = [f for f in _as_list(families) if f in list_models() and get_entry(f).dims in dims]
+    return fit or families

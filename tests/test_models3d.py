@@ -158,3 +158,17 @@ def test_fit_trains_a_3d_family_with_3d_augmentation(synth_dir: Path) -> None:
     assert len(r.history) == 2 and all(h["train_loss"] > 0 for h in r.history)
     assert r.val_scores.shape == (len(data.splits["val"]), data.info.n_classes)
     assert 0.0 <= r.test["auc"] <= 1.0
+
+
+def test_channels_last_means_ndhwc_for_volumes(synth_dir: Path) -> None:
+    from bench.train import Runner, TrainConfig, memory_format
+
+    assert memory_format(True, 3) == torch.channels_last_3d
+    assert memory_format(True, 2) == torch.channels_last
+    assert memory_format(False, 3) == torch.contiguous_format
+    data = load_dataset("organmnist3d", data_dir=synth_dir, verify_md5=False)
+    cfg = TrainConfig.from_dict({"model": "cnn3d_small", "device": "cpu"})
+    run = Runner(cfg, data, create_model("cnn3d_small", 1, data.info.n_classes, 28))
+    x = run.inputs(data.splits["val"].images[:2])
+    assert x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] == 1
+    assert run.model.features[0].weight.is_contiguous(memory_format=torch.channels_last_3d)

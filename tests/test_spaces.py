@@ -79,12 +79,12 @@ def test_preset_files_and_names_agree():
     assert sorted(PRESETS) == PRESET_FILES
 
 
-def test_full_preset_pairs_3d_sets_with_the_3d_family_only():
+def test_full_preset_pairs_3d_sets_with_the_3d_families_only():
     spec = load_spec(preset="full")
     pairs = spec.pairs()
     three_d = [(d, f) for d, f in pairs if dataset_info(d).dims == 3]
     assert three_d
-    assert {f for _, f in three_d} == {"resnet18_3d"}
+    assert {f for _, f in three_d} == set(list_models(dims=3))
     assert {d for d, _ in three_d} == {d for d in spec.datasets if d.endswith("3d")}
     assert all(get_entry(f).dims == 2 for d, f in pairs if dataset_info(d).dims == 2)
     n2d = sum(dataset_info(d).dims == 2 for d in spec.datasets)
@@ -336,3 +336,21 @@ def test_concurrent_experiments_cap() -> None:
     assert concurrent_experiments(spec(max_concurrent_experiments=3), {"CPU": 64.0}) == 3
     with pytest.raises(UserError, match="max_concurrent_experiments must be >= 0"):
         spec(max_concurrent_experiments=-1)
+
+
+def test_a_preset_keeps_the_families_that_fit_the_chosen_datasets():
+    """quick lists 2D and 3D families: 3D subsets get cnn3d_small with its own (smaller)
+    images per trial; 2D subsets the 2D families; --families naming a misfit is still an error."""
+    three = load_spec(preset="quick", datasets="adrenalmnist3d,vesselmnist3d")
+    assert three.families == ["cnn3d_small"] and set(three.budgets) == {"cnn3d_small"}
+    assert three.trial_epochs("cnn3d_small", 1188) < three.trial_epochs("cnn_small", 1188)
+    two = load_spec(preset="quick", datasets="breastmnist")
+    assert "cnn3d_small" not in two.families and "cnn_small" in two.families
+    with pytest.raises(UserError, match="fits none of the datasets"):
+        load_spec(preset="quick", datasets="breastmnist", families="cnn_small,cnn3d_small")
+
+
+def test_budgets_trial_images_must_be_a_positive_integer():
+    with pytest.raises(UserError, match="trial_images must be an integer >= 1"):
+        load_spec(preset="quick", datasets="adrenalmnist3d",
+                  budgets={"cnn3d_small": {"trial_images": 0}})
