@@ -29,6 +29,7 @@ from bench.results import (
     write_table,
     write_yaml,
 )
+from bench.runlock import lock_run
 from bench.spaces import Spec
 
 
@@ -128,6 +129,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
     if address:
         init_ray(address)  # an unreachable cluster is reported before the run dir is made
     resumed = prepare_run_dir(run_dir, spec)
+    locks = lock_run(run_dir, storage)  # a second driver on this run refuses (bench/runlock.py)
     echo(f"{'resuming' if resumed else 'starting'} {spec.name}: {len(spec.pairs())} experiments "
          f"({', '.join(spec.datasets)} x {', '.join(spec.families)}), {spec.num_samples} "
          f"trials each -> {run_dir}")
@@ -163,6 +165,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
         echo(f"FAILED {where}: {text}")
     meta["problems"] = outcome_problems(spec, trials, finals, final)
     write_json(run_dir / "meta.json", meta)
+    locks.release()
     return meta
 
 
