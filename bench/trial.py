@@ -114,10 +114,11 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
     """One Tune trial: a search trial reports every epoch; a final trial also writes its
     training-run directory and hands it to Tune as a checkpoint (so it reaches any storage).
 
-    A finished search trial writes a completion record to done_dir before it returns. Tune
-    saves its experiment state only every ~10 s, so after a killed driver it may restart a
-    trial that had finished; with a record, the trial replays its reports instead of training
-    again."""
+    A search trial writes its completion record to done_dir when it reports its last epoch,
+    just before that report: ASHA stops every trial at `max_t` inside that `tune.report`, so
+    trial_fn never returns for it, and Tune saves its own experiment state only every ~10 s.
+    After any stop (SIGKILL, SIGTERM, a lost node) Tune may start such a trial again; with a
+    record it replays its reports instead of training again (exactly once)."""
     from ray import tune
 
     from bench.results import write_json, write_training_run
@@ -157,11 +158,14 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
                 plain = {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
                 reports.append((plain, now - t_last))  # numpy scalars -> JSON numbers
                 t_last = now
+                if record is not None and int(rec["epoch"]) == conf.epochs:
+                    write_json(record, {"config": job, "reports": reports})  # durable first
+                    _trace("record", trial_id)
                 tune.report(rec)
 
         result = fit(conf, data, on_epoch=on_epoch)
         run.finish(result.summary())
-    if record is not None:
+    if record is not None and not record.exists():  # ended before its last epoch
         write_json(record, {"config": job, "reports": reports})
     if phase == "select":  # a selection re-run: only its summary is needed
         tune.report({**result.summary(), "epoch": len(result.history)})
