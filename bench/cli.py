@@ -488,14 +488,33 @@ def serve(
         raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the driver unwinds like on Ctrl-C (Ray shut down
+    in order, files closed) instead of dying inside Ray's C++ threads."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+STOPPED = ("stopped by {what}: trials that finished are recorded and will not train again; "
+           "trials that were running start over. Resume with the same command.")
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except Terminated:
+        typer.echo(STOPPED.format(what="SIGTERM"), err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo(STOPPED.format(what="Ctrl-C (SIGINT)"), err=True)
         sys.exit(130)
 
 
