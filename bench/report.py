@@ -900,7 +900,8 @@ def _headline_md(board: pd.DataFrame, picked: pd.DataFrame) -> list[str]:
     """One row per dataset: the picked entry and what it says against the published numbers."""
     if picked.empty:
         return ["_No successful final runs: nothing to report._", ""]
-    out = ["Per dataset, the entry with the best mean **validation** AUC (test never chooses), "
+    out = ["Per dataset, the entry the run picks by **validation** score ((AUC + ACC) / 2, over "
+           "its seeds; test never chooses), "
            "its test numbers over fresh seeds (mean ± std [95% bootstrap CI]), and the verdict "
            "against the published ResNet-18 reference and the best published method "
            "(difference, then **above**/**below** only when the CI excludes it).", "",
@@ -914,7 +915,7 @@ def _headline_md(board: pd.DataFrame, picked: pd.DataFrame) -> list[str]:
             c = f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}")
             cells.append(c if pd.isna(lo) else f"{c} [{lo:.3f}, {hi:.3f}]")
         best = r["best_auc_method"] or "-"
-        out.append(f"| {r['dataset']} | {_label(r, board)} (val AUC {r['val_auc_mean']:.3f}) | "
+        out.append(f"| {r['dataset']} | {_label(r, board)} (val {r['val_score']:.3f}) | "
                    f"{r['n_seeds']} | {cells[0]} | {cells[1]} | {r['ref_method']}: "
                    f"{_verdicts(r, 'resnet18')} | {best}: {_verdicts(r, 'best')} |")
     return [*out, ""]
