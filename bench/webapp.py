@@ -63,28 +63,28 @@ def entry_table(rows: pd.DataFrame) -> pd.DataFrame:
         return "-" if pd.isna(value) else f"{value:.3f} ({method})"
 
     r = rows.reset_index(drop=True)
-    table = pd.DataFrame({
+    table = pd.DataFrame({  # what decides first (metric, CI, verdicts), then the details
         "run": r["run"],
         "entry": r["family"],
         "picked": r["picked"].astype(bool) if "picked" in r else False,
-        "size": r["size"].astype(int),
         "seeds": r["n_seeds"].astype(int),
-        "failed": r["n_failed"].astype(int),
         "AUC": r["test_auc_mean"], "AUC std": r["test_auc_std"],
         "AUC 95% CI": [ci(lo, hi) for lo, hi in zip(r["auc_lo"], r["auc_hi"], strict=True)],
+        "AUC vs ref": r["verdict_auc_vs_resnet18"],
+        "AUC vs best": r["verdict_auc_vs_best"],
         "ACC": r["test_acc_mean"], "ACC std": r["test_acc_std"],
         "ACC 95% CI": [ci(lo, hi) for lo, hi in zip(r["acc_lo"], r["acc_hi"], strict=True)],
+        "ACC vs ref": r["verdict_acc_vs_resnet18"],
+        "ACC vs best": r["verdict_acc_vs_best"],
         "reference": r["ref_method"],
         "ref AUC": r["ref_auc"], "Δ AUC": r["delta_auc_vs_resnet18"],
-        "AUC vs ref": r["verdict_auc_vs_resnet18"],
         "ref ACC": r["ref_acc"], "Δ ACC": r["delta_acc_vs_resnet18"],
-        "ACC vs ref": r["verdict_acc_vs_resnet18"],
         "best published AUC": [best(v, m) for v, m in zip(r["best_auc"], r["best_auc_method"],
                                                             strict=True)],
-        "AUC vs best": r["verdict_auc_vs_best"],
         "best published ACC": [best(v, m) for v, m in zip(r["best_acc"], r["best_acc_method"],
                                                             strict=True)],
-        "ACC vs best": r["verdict_acc_vs_best"],
+        "size": r["size"].astype(int),
+        "failed": r["n_failed"].astype(int),
         "val score": r["val_score"] if "val_score" in r else r["val_auc_mean"],
         "trials": r["trials"].astype(int),
         "device-s": r["device_s"].round(0),
@@ -96,10 +96,13 @@ def entry_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def report_figures(run_dir: Path, flags: list[str]) -> tuple[dict[str, list[Path]], list[Path]]:
     """PNG figures `medbench report` left in the run directory (`<report>_figures/`): per
-    dataset (file names start with the flag), and the rest (across datasets)."""
+    dataset (file names start with the flag; the comparison with the published numbers first),
+    and the rest (across datasets)."""
     per: dict[str, list[Path]] = {f: [] for f in flags}
     rest: list[Path] = []
-    for png in sorted(Path(run_dir).glob("*_figures/*.png")):
+    pngs = sorted(Path(run_dir).glob("*_figures/*.png"),
+                  key=lambda p: (not p.stem.endswith("_vs_published"), p.name))
+    for png in pngs:
         flag = next((f for f in sorted(flags, key=len, reverse=True)
                      if png.name.startswith(f"{f}_")), None)
         (per[flag] if flag else rest).append(png)
@@ -271,7 +274,7 @@ def _leaderboard_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> No
     for flag in flags:
         rows = sort_board(board[board["dataset"] == flag], by)
         st.subheader(f"{flag} ({rows['task'].iloc[0]})")
-        st.dataframe(entry_table(rows), hide_index=True, **col)
+        st.dataframe(entry_table(rows), hide_index=True, placeholder="-", **col)
         for note in (n for n in rows["baseline_note"].unique() if n):
             st.caption(f"Note: {note}.")
         pngs = [p for per, _ in figures.values() for p in per.get(flag, [])]
@@ -367,7 +370,7 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
                        f"(p = {row['probabilities'][row['class']]:.4f})")
         table = probability_frame(row, info.labels, info.multi_label)
         _bar_chart(st, table, info.multi_label)
-        st.table(table.set_index("class"))
+        st.table(table, hide_index=True)
         with st.expander("As `medbench predict --format json` prints it"):
             st.code(format_predictions(model.path, [row], "json"), language="json")
     with right:
@@ -391,8 +394,8 @@ def _bar_chart(st: Any, table: pd.DataFrame, multi_label: bool) -> None:
     bars = alt.Chart(data).mark_bar().encode(
         x=alt.X("p:Q", title="probability", scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("name:N", title=None, sort=None),
-        color=alt.condition(alt.datum.predicted == "yes", alt.value("#d62728"),
-                            alt.value("#1f77b4")),
+        color=alt.condition(alt.datum.predicted == "yes", alt.value("#1f4e99"),
+                            alt.value("#9ecae1")),
         tooltip=["class", "label", "probability"])
     if multi_label:
         bars += alt.Chart(pd.DataFrame({"t": [THRESHOLD]})).mark_rule(

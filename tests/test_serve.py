@@ -407,7 +407,7 @@ def test_real_app_in_headless_chromium(real_run, server, real_data_dir, tmp_path
     Image.fromarray(np.load(real_data_dir / "breastmnist.npz")["test_images"][0]).save(png)
     expected = json.loads(_medbench("predict", png, "--run", real_run, "--dataset",
                                     "breastmnist", "--format", "json").stdout)["predictions"][0]
-    board = build_leaderboard(real_run, n_boot=10)
+    board = build_leaderboard(real_run)  # as the page builds it (the bootstrap is seeded)
     shots = os.environ.get("MEDBENCH_WEB_SCREENSHOTS")
     browser = _browser_or_skip()
     try:
@@ -444,8 +444,9 @@ def test_real_app_in_headless_chromium(real_run, server, real_data_dir, tmp_path
         success = browser.find_element(By.CSS_SELECTOR, "[data-testid='stAlertContentSuccess']")
         assert success.text.startswith(f"Predicted class {expected['class']}: "
                                        f"{expected['label']} ")
-        table = browser.find_element(By.CSS_SELECTOR, "[data-testid='stTable'] table")
-        read = [[c.text for c in tr.find_elements(By.CSS_SELECTOR, "th, td")]
+        table = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR,
+                                                     "[data-testid='stTable'] table"))[0]
+        read = [[c.text for c in tr.find_elements(By.CSS_SELECTOR, "td")]
                 for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
         assert [int(r[0]) for r in read] == list(range(len(expected["probabilities"])))
         assert [r[2] for r in read] == [f"{p:.4f}" for p in expected["probabilities"]]
