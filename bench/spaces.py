@@ -11,6 +11,7 @@ with search_spaces/<family>.yaml (its own width/depth/dropout), then the experim
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,17 @@ def _as_list(v: Any) -> list[str]:
     return list(v or [])
 
 
+def check_name(name: Any, where: str = "spec") -> str:
+    """A run name names a folder under runs/ and under the Tune storage root, nothing else:
+    letters, digits, `.`, `_`, `-`, starting with a letter or digit (so no `/`, `\\`, `..`, or
+    hidden name), at most 100 characters."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) \
+            or ".." in name:
+        raise UserError(f"{where}: run name {name!r} must be 1-100 letters, digits, '.', '_' or "
+                        "'-' (no path separators or '..'); use --out to choose a directory")
+    return name
+
+
 def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
     """Dict (from YAML and CLI flags) -> a validated Spec, or one clear UserError."""
     from bench.data import check_size, dataset_info
@@ -208,6 +220,7 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
     raw["datasets"] = _as_list(raw.get("datasets"))
     raw["families"] = _as_list(raw.get("families"))
     raw.setdefault("name", "experiment")
+    check_name(raw["name"], where)
     try:
         spec = Spec(**{k: v for k, v in raw.items() if k in known})
     except TypeError as e:
