@@ -497,6 +497,27 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def os_error_text(e: OSError) -> str:
+    """What failed, where, and the space left there (writes are atomic: the file being written
+    was left as it was before)."""
+    import errno
+    import shutil
+
+    where = e.filename or "?"
+    text = f"{e.strerror or e}: {where}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = Path(str(where)).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            free = shutil.disk_usage(folder).free / 2**20
+            text += f" ({free:.0f} MiB free on that file system)"
+        except OSError:
+            pass
+        text += "; free some space and re-run the same command to resume"
+    return text + "; earlier results were left intact"
+
+
 STOPPED = ("stopped by {what}: trials that finished are recorded and will not train again; "
            "trials that were running start over. Resume with the same command.")
 
@@ -513,6 +534,9 @@ def main() -> None:
     except Terminated:
         typer.echo(STOPPED.format(what="SIGTERM"), err=True)
         sys.exit(143)
+    except OSError as e:  # disk full, read-only, permissions: one line, exit 1
+        typer.echo(f"error: {os_error_text(e)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo(STOPPED.format(what="Ctrl-C (SIGINT)"), err=True)
         sys.exit(130)
