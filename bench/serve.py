@@ -1,11 +1,9 @@
 """`medbench serve`: start the web page (bench/webapp.py) with Streamlit, safely by default.
 
-Why Streamlit: the study this project grew from used it; it installs from PyPI in well under a
-minute on top of our dependencies (it shares pandas, numpy, pyarrow, protobuf), imports in about
-2 s, and ships `streamlit.testing.v1.AppTest`, which runs the page's script in-process so the
-predictor and its error messages are tested without a browser. Gradio pulled in
-huggingface_hub and friends and took over a minute to import offline (measured in
-reports/web.md).
+Why Streamlit: the study this project grew from used it; it adds fewer packages than Gradio and
+changes none of ours (Gradio would downgrade Pillow), imports several times faster, and ships
+`streamlit.testing.v1.AppTest`, which runs the page's script in-process, so the predictor and
+its error messages are tested without a browser. Measurements: reports/web-serve.md.
 
 Why these defaults: the app has no authentication and runs models on uploaded files, so it
 listens on loopback unless told otherwise (and then warns); Streamlit's usage statistics are

@@ -171,7 +171,8 @@ def test_bad_port_is_a_user_error(fake_run) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> dict[str, Path]:
     """Real `medbench train --seeds` runs on synthetic files: a 2D BreastMNIST run with two
-    seeds (single and ensemble entries, a picked one) and a 3D OrganMNIST3D run."""
+    seeds (single and ensemble entries, a picked one), a multi-label ChestMNIST run and a 3D
+    OrganMNIST3D run."""
     root = tmp_path_factory.mktemp("serve")
     data = root / "data"
     write_synthetic("breastmnist", data, n=(64, 32, 40), seed=1)
@@ -182,11 +183,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path) -> dict[s
     _cli("train", "--dataset", "organmnist3d", "--model", "cnn3d_small", "--epochs", 1,
          "--seeds", "0", "--data-dir", synth_dir, "--no-verify", "--device", "cpu",
          "--set", "threads=1", "--out", organ)
+    chest = root / "chest"
+    _cli("train", "--dataset", "chestmnist", "--model", "cnn_small", "--epochs", 1,
+         "--seeds", "0", "--data-dir", synth_dir, "--no-verify", "--device", "cpu",
+         "--set", "threads=1", "--out", chest)
+    chest_png = root / "chest_test0.png"
+    Image.fromarray(np.load(synth_dir / "chestmnist.npz")["test_images"][0]).save(chest_png)
     png = root / "breast_test3.png"
     Image.fromarray(np.load(data / "breastmnist.npz")["test_images"][3]).save(png)
     npy = root / "organ_test0.npy"
     np.save(npy, np.load(synth_dir / "organmnist3d.npz")["test_images"][0])
-    return {"breast": breast, "organ": organ, "png": png, "npy": npy}
+    return {"breast": breast, "organ": organ, "chest": chest, "png": png, "npy": npy,
+            "chest_png": chest_png}
 
 
 def _page(run_dirs: list[str]) -> None:
@@ -261,6 +269,36 @@ def test_predictor_matches_medbench_predict_json(trained) -> None:
     assert list(table["predicted"]).index("yes") == expected["class"]
     metric_labels = [m.label for m in at.metric]
     assert "test AUC (this model)" in metric_labels and "test ACC (this model)" in metric_labels
+
+
+def test_multi_label_predictions_are_thresholded_like_predict(trained) -> None:
+    at = _predict_page(trained["chest"])
+    png = trained["chest_png"]
+    at.file_uploader[0].set_value((png.name, png.read_bytes(), "image/png")).run()
+    assert not at.exception and not at.error
+    expected = json.loads(_cli("predict", png, "--run", trained["chest"], "--format",
+                               "json"))["predictions"][0]
+    table = at.table[0].value
+    assert len(table) == 14
+    assert list(table["probability"]) == [f"{p:.4f}" for p in expected["probabilities"]]
+    chosen = [x["index"] for x in expected["labels"]]
+    assert [i for i, v in enumerate(table["predicted"]) if v == "yes"] == chosen
+    assert chosen == [i for i, p in enumerate(expected["probabilities"]) if p > 0.5]
+    names = ", ".join(f"{x['label']} ({x['p']:.4f})" for x in expected["labels"]) or "none"
+    assert at.success[0].value == f"Predicted labels (p > 0.5): {names}"
+
+
+def test_probability_table_marks_every_label_above_the_threshold() -> None:
+    from bench.data import dataset_info
+    from bench.predict import describe
+    from bench.webapp import probability_frame
+
+    info = dataset_info("chestmnist")
+    p = np.full(14, 0.1)
+    p[[2, 9]] = [0.7, 0.51]
+    table = probability_frame(describe(p, info), info.labels, multi_label=True)
+    assert [i for i, v in enumerate(table["predicted"]) if v == "yes"] == [2, 9]
+    assert table["probability"][9] == "0.5100"
 
 
 def test_wrong_file_type_is_named(trained) -> None:
