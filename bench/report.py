@@ -713,7 +713,7 @@ def fig_learning_curves(trials: pd.DataFrame, flag: str, path: Path,
         ax.set(xlabel="epoch", ylabel="val AUC", title=f"{flag} / {name}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")  # "best" searches every line: slow
     return _save(fig, path)
 
 

@@ -76,8 +76,8 @@ def test_report_contents_and_order(report):
                  "Picked entry:", "| 0 | malignant |", "doi:10.1038/s41597-022-01721-8",
                  "ECE", "Friedman p", "†", "studies.db"):
         assert text in md, text
-    heads = [h for h in ("## Results", "## Leaderboard", "## Across datasets", "## breastmnist",
-                         "## Search", "## Runs")]
+    heads = [f"\n{h}\n" for h in ("## Results", "## Leaderboard", "## Across datasets",
+                                    "## breastmnist", "## Search", "## Runs")]
     assert [md.index(h) for h in heads] == sorted(md.index(h) for h in heads)  # results first
     assert not list(report.parent.rglob(".*"))  # no temp files left
     _assert_tables_valid(md)
