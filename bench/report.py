@@ -282,12 +282,12 @@ def _cliques(ranks: pd.Series, cd: float) -> list[tuple[float, float]]:
 def fig_critical_difference(results: dict[str, dict], path: Path) -> Path:
     """Demsar's diagram per metric: mean rank axis (1 = best on the left), each competitor a
     tick, thick bars join those the Nemenyi test cannot tell apart."""
-    fig, axes = plt.subplots(len(results), 1, figsize=(9, 1.9 + 0.42 * max(
+    fig, axes = plt.subplots(len(results), 1, figsize=(11, 1.9 + 0.42 * max(
         len(r["ranks"]) for r in results.values()) * len(results) / 1.2), layout="constrained",
         squeeze=False)
     for ax, (metric, res) in zip(axes[:, 0], results.items(), strict=True):
         ranks, k, cd = res["ranks"], res["k"], res["cd"]
-        ax.set_xlim(0.5, k + 0.5)
+        ax.set_xlim(1 - 3.2, k + 3.2)  # room for the names beyond both ends of the axis
         n = len(ranks)
         half = math.ceil(n / 2)
         ax.set_ylim(-(half + 1.2), 1.4)
@@ -298,11 +298,12 @@ def fig_critical_difference(results: dict[str, dict], path: Path) -> Path:
         for i, (name, r) in enumerate(ranks.items()):
             left = i < half
             y = -(i + 0.6) if left else -(n - i - 1 + 0.6)
-            x_text = 0.55 if left else k + 0.45
-            ax.plot([r, r, x_text], [0, y, y], color="C0" if "†" not in name else "0.45",
+            x_end = 1 - 0.1 if left else k + 0.1
+            ax.plot([r, r, x_end], [0, y, y], color="C0" if "†" not in name else "0.45",
                     lw=0.9)
-            ax.text(x_text, y, f"{name} ({r:.2f})" if left else f"({r:.2f}) {name}",
-                    ha="left" if left else "right", va="center", fontsize=8,
+            ax.text(x_end - 0.05 if left else x_end + 0.05, y,
+                    f"{name} ({r:.2f})" if left else f"({r:.2f}) {name}",
+                    ha="right" if left else "left", va="center", fontsize=8,
                     color="C0" if "†" not in name else "0.3")
         for j, (a, b) in enumerate(_cliques(ranks, cd)):
             ax.hlines(-0.25 - 0.18 * j, a - 0.03, b + 0.03, color="C3", lw=3)
