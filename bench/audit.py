@@ -477,7 +477,7 @@ def fig_pairs(audit: dict[str, Any], arrays: dict[str, np.ndarray], path: Path,
 
     per_row = 4
     rows = -(-len(pairs) // per_row)
-    fig, axes = plt.subplots(rows, 2 * per_row, figsize=(2 * per_row * 1.25, rows * 1.6 + 0.4),
+    fig, axes = plt.subplots(rows, 2 * per_row, figsize=(2 * per_row * 1.25, rows * 1.6 + 0.8),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -496,7 +496,8 @@ def fig_pairs(audit: dict[str, Any], arrays: dict[str, np.ndarray], path: Path,
                             fontsize=6.5)
     fig.suptitle(f"{audit['flag']}: cross-split duplicate pairs (closest and borderline)",
                  fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.08 / rows, top=1 - 0.45 / (rows + 0.3),
+    height = rows * 1.6 + 0.8
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.4 / height, top=1 - 0.45 / (rows + 0.3),
                         wspace=0.06, hspace=0.45)
     try:
         return atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
