@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -350,8 +349,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-
                   "--disable-component-update", "--disable-sync", "--window-size=1500,1300"]
 
 
-def _browser_or_skip():
-    """A headless Chromium driven by Selenium, or a skip naming what is missing."""
+def _browser_or_skip(profile_root: Path):
+    """A headless Chromium driven by Selenium (a fresh profile under profile_root), or a skip
+    naming what is missing."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
         pytest.skip("no browser: Debian's chromium and chromium-driver are not installed "
@@ -365,7 +365,7 @@ def _browser_or_skip():
     for attempt in range(3):  # a busy machine sometimes misses chromedriver's start-up wait
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
-        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chr-')}"]:
+        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile_root / f'chromium-{attempt}'}"]:
             options.add_argument(flag)
         try:
             return webdriver.Chrome(service=Service(driver), options=options)
@@ -409,7 +409,7 @@ def server(real_run: Path, tmp_path: Path):
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 420  # a loaded 2-core box has needed minutes
     while True:
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as r:
@@ -447,7 +447,7 @@ def test_real_app_in_headless_chromium(real_run, server, real_data_dir, tmp_path
                                     "breastmnist", "--format", "json").stdout)["predictions"][0]
     board = build_leaderboard(real_run)  # as the page builds it (the bootstrap is seeded)
     shots = os.environ.get("MEDBENCH_WEB_SCREENSHOTS")
-    browser = _browser_or_skip()
+    browser = _browser_or_skip(tmp_path)
     try:
         wait = WebDriverWait(browser, 240)
         browser.get(server)
