@@ -51,24 +51,6 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="folder of MedM
 NoVerify = Annotated[bool, typer.Option("--no-verify", help="skip the md5 check (synthetic data)")]
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from a user's file, or one clear error."""
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; give the path of a YAML file")
-    try:
-        obj = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:  # str(e) spans lines: keep one
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(e, "problem", None) or " ".join(str(e).split())
-        raise UserError(f"{path} is not valid YAML ({what}{where}); fix the syntax") from e
-    if not isinstance(obj, dict):
-        raise UserError(f"{path} must hold a mapping of option: value, not {type(obj).__name__}")
-    return obj
-
-
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """`--set key=value` pairs; values parsed as YAML scalars (numbers, booleans)."""
     import yaml
@@ -125,7 +107,9 @@ def train(
     seed_list = parse_seeds(seeds) if seeds is not None else None
     cfg: dict[str, Any] = {"preset": preset} if preset else {}
     if config:
-        cfg.update(load_yaml(config))
+        from bench.spaces import read_yaml
+
+        cfg.update(read_yaml(config, "config"))
     flags = {"dataset": dataset, "model": model, "epochs": epochs, "lr": lr,
              "optimizer": optimizer, "scheduler": scheduler, "batch_size": batch_size,
              "weight_decay": weight_decay, "seed": seed_list[0] if seed_list else seed,

@@ -32,15 +32,32 @@ def spaces_dir() -> Path:
     return Path(__file__).resolve().parent / "search_spaces"
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+MAX_YAML_BYTES = 1 << 20  # a spec or config is a few kB; anything this big is a mistake
+
+
+def read_yaml(path: Path, what: str = "file") -> dict[str, Any]:
+    """A YAML mapping from a user's file (spec, search space, train config), or one clear
+    UserError. Anchors and aliases are refused: nothing here needs them, and an alias chain
+    (a "billion laughs" file of a few lines) expands to gigabytes in safe_load."""
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what} {path} not found; check the path")
+        raise UserError(f"{what} {path}: no such file (not found); check the path")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise UserError(f"{path} is {path.stat().st_size} bytes, above the {MAX_YAML_BYTES} "
+                        "a spec or config may have; is it the right file?")
     try:
-        obj = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML ({e}); fix the syntax") from e
+        text = path.read_text()
+        if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise UserError(f"{path} uses YAML aliases (*name), which medbench does not accept; "
+                            "write the values out")
+        obj = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:  # str(e) spans lines: keep one
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise UserError(f"{path} is not valid YAML ({problem}{where}); fix the syntax") from e
     if not isinstance(obj, dict):
-        raise UserError(f"{path} must be a YAML mapping")
+        raise UserError(f"{path} must hold a mapping of option: value, not {type(obj).__name__}")
     return obj
 
 
@@ -102,7 +119,7 @@ def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> d
     params: dict[str, Any] = {}
     for path in (spaces_dir() / "common.yaml", spaces_dir() / f"{family}.yaml"):
         if path.exists():
-            params.update(_read_yaml(path, "search space").get("parameters") or {})
+            params.update(read_yaml(path, "search space").get("parameters") or {})
     params.update(overrides or {})
     train_keys = set(TrainConfig.__dataclass_fields__) - {"model_hp"}
     allowed = train_keys | set(entry.hparams())
@@ -330,13 +347,13 @@ def load_spec(spec_file: Path | None = None, preset: str | None = None,
     """A spec from a file or a named preset, with CLI values (non-None) taking precedence."""
     raw: dict[str, Any] = {}
     if spec_file is not None:
-        raw = _read_yaml(Path(spec_file), "spec file")
+        raw = read_yaml(Path(spec_file), "spec file")
         where = str(spec_file)
     else:
         preset = preset or "quick"
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-        raw = _read_yaml(spaces_dir() / "experiments" / f"{preset}.yaml", "preset")
+        raw = read_yaml(spaces_dir() / "experiments" / f"{preset}.yaml", "preset")
         where = f"preset {preset}"
     raw.update({k: v for k, v in cli.items() if v is not None})
     if spec_file is None and cli.get("families") is None:

@@ -289,7 +289,7 @@ def test_spec_file_errors(tmp_path):
         load_spec(bad)
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")
-    with pytest.raises(UserError, match="must be a YAML mapping"):
+    with pytest.raises(UserError, match="must hold a mapping"):
         load_spec(listy)
 
 
