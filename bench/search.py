@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import progress
-from bench.errors import UserError
+from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
 from bench.spaces import Spec, to_tune
 from bench.trial import DRIVER_RESOURCES, faults_from_env, trial_fn
@@ -286,8 +286,13 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join that cluster
         ray.init(**kw)
     else:  # "local": never join a cluster some earlier `ray start` left running
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 object_store_memory=1 << 30, **kw)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     object_store_memory=1 << 30, **kw)
+        except (ConnectionError, RuntimeError, TimeoutError) as e:  # e.g. node start timed out
+            raise RunFailure(f"the local Ray node did not start ({str(e).splitlines()[0]}); "
+                             "an overloaded machine or a full /tmp are the usual causes: retry "
+                             "when it is freer, or see /tmp/ray/session_latest/logs") from None
 
 
 def _wait_all(starters: list[Callable[[], Any]], board, echo: Callable[[str], None], t0: float,

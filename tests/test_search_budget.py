@@ -237,3 +237,21 @@ def test_budgeted_search_starts_from_the_portfolio_selects_and_accounts(tmp_path
         b["search_device_s"] + b["selection_device_s"] + b["final_device_s"])
     assert Path(run / "meta.json").is_file()
     assert hist and "images_seen" in hist[0]
+
+
+def test_a_local_ray_that_does_not_start_is_one_runtime_error(monkeypatch):
+    """An overloaded box can time out Ray's node start: one clear line, exit code 1."""
+    import ray
+
+    from bench.errors import RunFailure
+    from bench.search import init_ray
+
+    def fail(**_kw):
+        raise RuntimeError("Timed out after 60 seconds waiting for the node to start\nmore")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fail)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(RunFailure, match="local Ray node did not start .*Timed out") as e:
+        init_ray(None, num_cpus=1)
+    assert e.value.exit_code == 1 and "\n" not in str(e.value)
