@@ -580,7 +580,7 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
     mine = entry_seeds(seeds, entry)
     best = representative_seed(mine)
     entry_name = _label(entry, board)
-    head = (f"**Picked entry: {entry_name}** (chosen on validation only: val AUC "
+    head = (f"**Picked entry: {entry_name}** (chosen on validation only; val AUC "
             f"{entry['val_auc_mean']:.3f}). ")
     if best is None:
         return [*out, head, ""]
