@@ -108,7 +108,7 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(seed=0, points_to_evaluate=points)
-    elif points:
+    else:  # random search, seeded so the same spec gives the same trials
         from ray.tune.search import BasicVariantGenerator
 
         searcher = BasicVariantGenerator(points_to_evaluate=points, random_state=0)
