@@ -308,8 +308,8 @@ def test_bootstrap_equals_slow_reference_with_ties_and_seeds(task: str, k: int) 
     y, runs = _tied_runs(task, n=60, n_runs=3, k=k)
     ties = len(np.unique(runs[0])) / runs[0].size
     assert ties < 0.2  # the case is really about ties
-    got = bootstrap_ci(y, runs, task, n_boot=120, seed=11)
-    _assert_ci_equal(got, reference_bootstrap(y, runs, task, 120, (2.5, 97.5), seed=11))
+    got = bootstrap_ci(y, runs, task, n_boot=80, seed=11)
+    _assert_ci_equal(got, reference_bootstrap(y, runs, task, 80, (2.5, 97.5), seed=11))
 
 
 def test_bootstrap_tied_auc_uses_average_ranks() -> None:
