@@ -304,7 +304,8 @@ def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None
         from bench.experiment import publish
 
         typer.echo(final_table(run_dir.resolve()))
-        board, report_md = publish(run_dir, report, wandb=wandb, project=spec.project)
+        board, report_md = publish(run_dir, report, wandb=wandb, project=spec.project,
+                                   data_dir=data_dir)
         typer.echo(board)
         typer.echo(f"report: {report_md}")
     typer.echo(f"run directory: {run_dir}")

@@ -124,8 +124,9 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
         storage = storage.rstrip("/") + "/" + spec.name
     else:
         storage = str(run_dir / "tune")
-    for flag in spec.datasets:  # fail on a missing/corrupt file before creating anything
-        load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
+    # loaded and checked once per run: a missing/corrupt file fails before anything is created
+    arrays = {flag: load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
+              for flag in spec.datasets}
     if address:
         init_ray(address)  # an unreachable cluster is reported before the run dir is made
     resumed = prepare_run_dir(run_dir, spec)
@@ -136,7 +137,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
     init_ray(address, num_cpus)
     tracker = Tracker.from_env(wandb, spec.project, run_dir, experiment=spec.name)
     t0 = time.time()
-    tables = search(spec, run_dir, storage, data_dir, tracker, echo, final=final)
+    tables = search(spec, run_dir, storage, arrays, tracker, echo, final=final)
     trials, finals = tables["trials"], tables["final"]
     write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
     if tables["selection"]:
@@ -220,9 +221,12 @@ def final_table(run_dir: Path) -> str:
 
 
 def publish(run_dir: Path, report: Path | None = None, wandb: bool = True,
-            project: str = "medmnist-bench", n_boot: int = 1000) -> tuple[str, Path]:
+            project: str = "medmnist-bench", n_boot: int = 1000,
+            data_dir: str | Path | None = None) -> tuple[str, Path]:
     """The end of `medbench run`: leaderboard.md in the run dir, the report with figures, and
-    the leaderboard as a W&B run. Returns (board markdown, report path)."""
+    the leaderboard as a W&B run. The board is built once (its bootstrap is the costly part)
+    and handed to the report; `data_dir` lets the report show misclassified test images.
+    Returns (board markdown, report path)."""
     from bench.leaderboard import build_leaderboard, format_board
     from bench.report import write_report
     from bench.results import write_text
@@ -232,7 +236,8 @@ def publish(run_dir: Path, report: Path | None = None, wandb: bool = True,
     board = build_leaderboard(run_dir, n_boot=n_boot)
     text = format_board(board, "md")
     write_text(run_dir / "leaderboard.md", text + "\n")
-    report = write_report(run_dir, report or run_dir / "report.md", n_boot=n_boot)
+    report = write_report(run_dir, report or run_dir / "report.md", n_boot=n_boot, board=board,
+                          data_dir=data_dir)
     figures = {p.stem: p for p in sorted(report.parent.glob(f"{report.stem}_figures/*.png"))}
     log_leaderboard(Tracker.from_env(wandb, project, run_dir), board, figures)
     return text, report

@@ -961,11 +961,13 @@ def _audit_md(seeds: pd.DataFrame, figs: Path, rel: str,
 
 
 def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
-                 data_dir: str | Path | None = None) -> Path:
+                 data_dir: str | Path | None = None, board: pd.DataFrame | None = None) -> Path:
     """Write the markdown report and its figures; returns the markdown path. Also (re)writes
-    each run's studies.db. `data_dir` locates the test images for the misclassified figure."""
+    each run's studies.db. `data_dir` locates the test images for the misclassified figure;
+    `board`: the runs' leaderboard when the caller already built it (its bootstrap is the
+    expensive part)."""
     paths, out_md = as_paths(run_dirs), Path(out_md)
-    board = build_leaderboard(paths, n_boot=n_boot)
+    board = build_leaderboard(paths, n_boot=n_boot) if board is None else board
     seeds, trials = load_seeds(paths), load_trials(paths)
     run_labels = list(dict.fromkeys(seeds["run"]))  # leaderboard's labels, in path order
     by_label = dict(zip(run_labels, paths, strict=True))

@@ -335,22 +335,19 @@ def concurrent_experiments(spec: Spec, cluster: dict[str, float]) -> int:
     return max(1, min(trial_slots(spec, cluster), n_pairs))
 
 
-def search(spec: Spec, run_dir: Path, storage: str, data_dir: str | Path | None, tracker,
+def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tracker,
            echo: Callable[[str], None], final: bool = True) -> dict[str, list[dict]]:
     """Search every (dataset, family) pair concurrently, re-run the best trials (selection),
-    then (optionally) the final phase. Returns the rows of `trials`, `selection` and `final`;
-    the caller writes them."""
+    then (optionally) the final phase. `arrays`: each dataset's checked arrays (loaded once by
+    the caller); they go to the object store once. Returns the rows of `trials`, `selection`
+    and `final`; the caller writes them."""
     import ray
 
-    from bench.data import load_arrays
     from bench.selection import choose_configs, top_candidates
 
     t0 = time.time()
-    data_ref, n_train = {}, {}
-    for flag in spec.datasets:  # checked once here; a bad file stops before any trial starts
-        arrays = load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
-        n_train[flag] = len(arrays["train_labels"])
-        data_ref[flag] = ray.put(arrays)
+    n_train = {flag: len(a["train_labels"]) for flag, a in arrays.items()}
+    data_ref = {flag: ray.put(a) for flag, a in arrays.items()}
     spec = resolve_resources(spec)
     board = progress.start_board()
     faults = faults_from_env()  # tests only; read here, where the test process set it
