@@ -67,7 +67,7 @@ def as_paths(run_dirs: RunDirs) -> list[Path]:
     return [Path(p) for p in run_dirs]
 
 
-def _run_labels(paths: list[Path]) -> list[str]:
+def run_labels(paths: list[Path]) -> list[str]:
     """Directory names, or full paths when two runs share a name (runs must stay distinct)."""
     names = [p.resolve().name for p in paths]
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
@@ -91,7 +91,7 @@ def load_seeds(run_dirs: RunDirs) -> pd.DataFrame:
     if not paths:
         raise UserError("No run directory given: pass one or more runs/<name> directories.")
     frames = []
-    for path, label in zip(paths, _run_labels(paths), strict=True):
+    for path, label in zip(paths, run_labels(paths), strict=True):
         _check_run_dir(path)
         df = read_table(path / "final.parquet")
         frames.append(df.assign(run=label, root=str(path)))
@@ -104,7 +104,7 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     """All trials.parquet rows of the runs (runs without a search contribute nothing)."""
     paths = as_paths(run_dirs)
     frames = [read_table(p / "trials.parquet").assign(run=label)
-              for p, label in zip(paths, _run_labels(paths), strict=True)
+              for p, label in zip(paths, run_labels(paths), strict=True)
               if (p / "trials.parquet").is_file()]
     if not frames:
         from bench.results import TRIAL_COLUMNS
@@ -208,7 +208,7 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
     paths = as_paths(run_dirs)
     seeds = load_seeds(paths)
     trials = load_trials(paths)
-    run_wall = {lab: read_meta(p).get("wall_s") for p, lab in zip(paths, _run_labels(paths),
+    run_wall = {lab: read_meta(p).get("wall_s") for p, lab in zip(paths, run_labels(paths),
                                                                    strict=True)}
     published = load_published()
     audits: dict = {}  # (root, flag, size) -> data audit or None, looked up once

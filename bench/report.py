@@ -41,6 +41,7 @@ from bench.leaderboard import (  # noqa: E402
     load_seeds,
     load_trials,
     read_meta,
+    run_labels,
     summarize,
 )
 from bench.results import atomic_write, write_text  # noqa: E402
@@ -969,8 +970,7 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
     paths, out_md = as_paths(run_dirs), Path(out_md)
     board = build_leaderboard(paths, n_boot=n_boot) if board is None else board
     seeds, trials = load_seeds(paths), load_trials(paths)
-    run_labels = list(dict.fromkeys(seeds["run"]))  # leaderboard's labels, in path order
-    by_label = dict(zip(run_labels, paths, strict=True))
+    by_label = dict(zip(run_labels(paths), paths, strict=True))  # the leaderboard's labels
     figs = out_md.parent / f"{out_md.stem}_figures"
     figs.mkdir(parents=True, exist_ok=True)
     rel = figs.name
@@ -989,7 +989,7 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
     if progress:
         md += ["Best validation AUC so far as trials finished (dots: each trial's own best).",
                "", f"![best val AUC vs trials]({rel}/{progress.name})", ""]
-    studies = _studies(paths, run_labels) if not trials.empty else {}
+    studies = _studies(paths, list(by_label)) if not trials.empty else {}
     for flag in sorted(trials["dataset"].unique()) if not trials.empty else []:
         md += _search_md(by_label, trials, flag, studies, figs, rel)
     if not board.empty:

@@ -172,7 +172,7 @@ def test_retries_are_counted_in_tables_meta_and_report(ray_session, data_dir, tm
         {"trials": [0], "times": 1, "dir": str(tmp_path / "faults")}))
     spec = write_spec(tmp_path / "spec.yaml", max_failures=2)
     run = tmp_path / "run"
-    code, out, err = run_main(monkeypatch, capsys, "search", "--spec", spec, "--data-dir",
+    code, out, err = run_main(monkeypatch, capsys, "run", "--spec", spec, "--data-dir",
                               data_dir, "--no-verify", "--no-wandb", "--out", run)
     assert code == 0, out + err
     trials = pd.read_parquet(run / "trials.parquet")
