@@ -678,9 +678,11 @@ def report_lines(runs: list[tuple[Path, str, int]], figs: Path, rel: str,
         if not example_pairs(a):
             continue
         try:
-            arrays, _ = load_for_audit(flag, size, data_dir, allow_download=False)
+            arrays, path = load_for_audit(flag, size, data_dir, allow_download=False)
         except UserError:
             continue
+        if a.get("md5") and file_md5(path) != a["md5"]:
+            continue  # the audit is of another file than the one found here (e.g. synthetic)
         png = fig_pairs(a, arrays, figs / f"{flag}{'' if size == 28 else f'_{size}'}_pairs.png")
         if png:
             out += [f"![{flag} duplicate pairs]({rel}/{png.name})", ""]

@@ -227,10 +227,11 @@ def models() -> None:
     """List the registered model families and their hyperparameters."""
     from bench.models import get_entry, list_models
 
+    width = max(map(len, list_models())) + 2
     for name in list_models():
         e = get_entry(name)
         hp = ", ".join(f"{k}={v!r}" for k, v in e.hparams().items())
-        typer.echo(f"{name:<14}{e.dims}D  {hp}")
+        typer.echo(f"{name:<{width}}{e.dims}D  {hp}")
 
 
 @app.command()

@@ -52,6 +52,15 @@ def attach(board) -> None:
     _BOARD = board
 
 
+def _put(key: str, counts: dict) -> None:
+    """Send to this process's board, if any. A module-level function on purpose: cloudpickle
+    pickles the callback class below by value together with the globals its methods name, so
+    a method that named `_BOARD` itself would freeze a live actor handle into tuner.pkl, which
+    cannot be unpickled after the driver is gone (resume fails)."""
+    if _BOARD is not None:
+        _BOARD.put.remote(key, counts)
+
+
 def tuner_counts(trials: list, planned: int, metric: str) -> dict[str, Any]:
     """Counts for one Tuner from Tune's trial list (see module doc). `planned` is the Tuner's
     total number of samples (trials not yet created by the searcher are pending)."""
@@ -93,14 +102,12 @@ class ProgressCallback:
                 self.planned = int(total_num_samples or num_samples or 0)
 
             def _send(self, trials, force: bool = False) -> None:
-                if _BOARD is None:
-                    return
                 counts = tuner_counts(trials, self.planned, metric)
                 sig = tuple(counts[k] for k in COUNTS) + (counts["best"],)
                 now = time.monotonic()
                 if force or (sig != self.last_sent and now - self.sent_at >= _SEND_EVERY_S):
                     self.last_sent, self.sent_at = sig, now
-                    _BOARD.put.remote(key, counts)
+                    _put(key, counts)
 
             def on_step_end(self, iteration, trials, **info):
                 self._send(trials)

@@ -345,7 +345,7 @@ def test_models_lists_registered_families() -> None:
     assert result.exit_code == 0
     listed = [line.split()[0] for line in result.output.splitlines() if line.strip()]
     assert listed == list_models()
-    assert "resnet18_3d   3D" in result.output and "width=1.0" in result.output
+    assert re.search(r"^resnet18_3d +3D ", result.output, re.M) and "width=1.0" in result.output
 
 
 def test_synth_writes_loadable_files(tmp_path: Path) -> None:
