@@ -149,8 +149,10 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
     slots = trial_slots(resolve_resources(spec), cluster_resources())
     spent = accounting(spec, tables, slots, time.time() - t0)
     for flag, b in spent["datasets"].items():
-        echo(f"budget {flag}: {b['spent_device_s']:.0f} of {b['planned_device_s'] or 0:.0f} "
-             f"planned device-s (search {b['search_device_s']:.0f}, selection "
+        planned = (f" of {b['planned_device_s']:.0f} planned" if b["planned_device_s"]
+                   else " (no budget set)")
+        echo(f"budget {flag}: {b['spent_device_s']:.0f}{planned} device-s "
+             f"(search {b['search_device_s']:.0f}, selection "
              f"{b['selection_device_s']:.0f}, final {b['final_device_s']:.0f})")
     meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
             "code_sha256": code_sha256(),
