@@ -229,7 +229,7 @@ def publish(run_dir: Path, report: Path | None = None, wandb: bool = True,
     the leaderboard as a W&B run. The board is built once (its bootstrap is the costly part)
     and handed to the report; `data_dir` lets the report show misclassified test images.
     Returns (board markdown, report path)."""
-    from bench.leaderboard import build_leaderboard, format_board
+    from bench.leaderboard import build_leaderboard, format_board, read_meta
     from bench.report import write_report
     from bench.results import write_text
     from bench.tracking import Tracker, log_leaderboard
@@ -241,5 +241,8 @@ def publish(run_dir: Path, report: Path | None = None, wandb: bool = True,
     report = write_report(run_dir, report or run_dir / "report.md", n_boot=n_boot, board=board,
                           data_dir=data_dir)
     figures = {p.stem: p for p in sorted(report.parent.glob(f"{report.stem}_figures/*.png"))}
-    log_leaderboard(Tracker.from_env(wandb, project, run_dir), board, figures)
+    # named after the experiment (the spec's name, as its trials' runs are), not the directory
+    experiment = read_meta(run_dir).get("name")
+    log_leaderboard(Tracker.from_env(wandb, project, run_dir, experiment=experiment), board,
+                    figures)
     return text, report

@@ -28,6 +28,7 @@ from bench import progress
 from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
 from bench.spaces import Spec, to_tune
+from bench.tracking import trial_runs_callback
 from bench.trial import DRIVER_RESOURCES, faults_from_env, trial_fn
 
 METRIC = "val_auc"
@@ -139,7 +140,11 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
                         max_concurrent_trials=spec.max_concurrent_trials or None,
                         time_budget_s=min(limits) if limits else None),
         {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
-         "callbacks": [ProgressCallback(f"{dataset}/{family}", METRIC)], "verbose": 0})
+         "callbacks": [ProgressCallback(f"{dataset}/{family}", METRIC),
+                       # each trial's W&B run, kept here: ASHA kills trial workers mid-write
+                       trial_runs_callback(tracker, f"{dataset}/{family}",
+                                           [dataset, family, "search"], METRIC)],
+         "verbose": 0})
     grid = tuner.fit()
     rows = []
     # Tune's Trial objects, in the grid's order: only they know how often a trial was retried

@@ -15,22 +15,28 @@ Why it is shaped this way:
 * :class:`Tracker` is a small frozen dataclass so it pickles cheaply to Ray worker processes. Its
   ``mode`` is resolved once on the driver (:meth:`Tracker.from_env`) and is the one switch:
   ``online``, ``offline`` or ``disabled``.
-* Search trials must leave complete runs although Tune stops them from outside. Tune ends a
-  stopped trial by raising ``SystemExit`` in the trial's thread and then, without waiting for that
-  thread, ends the worker process; wandb's own exit hook then tears down its service while the
-  trial thread is still inside ``finish`` (``MailboxClosedError``/``HandleAbandonedError`` in
-  ``debug.log``, and a ``.wandb`` file holding nothing). So the first run a process starts
-  registers :func:`_finish_open_runs` with ``atexit`` *after* wandb registered its teardown; exit
-  hooks run last-registered first, so every open run is finished (or its in-flight ``finish``
-  waited for) while the service is still alive.
+* Search trials are logged from outside the trial, by a Tune callback
+  (:func:`trial_runs_callback`) in the process that runs their Tuner. Logged from inside, a trial
+  that ASHA stops at a rung lost its record: Tune raises ``SystemExit`` in the trial's thread and
+  ends the worker process without waiting for it, so wandb's service could be torn down before
+  the offline run was written (2 of 4 search runs lost in one measured run, despite an exit hook
+  that finished open runs first). The Tuner's process outlives every trial it runs, and Tune tells
+  its callbacks every reported epoch and every end (finished, stopped by the scheduler, failed),
+  so each run is finished there, in order, by a process nobody kills.
+* That is Ray's ``WandbLoggerCallback`` idea (results logged driver side, one W&B run per trial)
+  without its cost and gaps: it starts two extra Ray actors per trial (a logging actor and a
+  queue, kept alive until the trial ends), its ``init`` failure is not degraded to offline, and
+  it has neither our offline default, our run ids nor our grouping. wandb 0.31 keeps several
+  runs open in one process (``reinit="create_new"``, logging through each ``Run`` object), so one
+  process holds the runs of all its Tuner's running trials. We keep Ray's conventions: one run per
+  trial, its id from the trial id (``resume="allow"``), so a restarted trial continues its run.
+* Final and selection runs are still logged inside their trial: nothing stops those early, and
+  each finishes its run before its last ``tune.report``. For runs a process still holds when it
+  exits, the first run it starts registers :func:`_finish_open_runs` with ``atexit`` *after*
+  wandb registered its teardown; exit hooks run last-registered first, so open runs are finished
+  while wandb's service is still alive.
 * Each epoch is logged with ``commit=True``: a row logged at an explicit step is otherwise held
   back until the next step arrives, and a trial stopped after its first epoch had no history.
-* Ray's W&B integration was weighed and not used. ``ray.air.integrations.wandb.setup_wandb`` is a
-  thin ``wandb.init`` inside the trial with the same stop race and no fallback;
-  ``WandbLoggerCallback`` finishes runs from the driver, but starts one extra actor process per
-  trial, sees only what is passed to ``tune.report``, and its ``init`` failure is not degraded to
-  offline. We keep Ray's conventions: the W&B run id comes from the trial id (``resume="allow"``),
-  so a restarted trial continues its run instead of making a second one.
 * Runs in one process are kept apart: ``reinit="create_new"`` and logging through the ``Run``
   object (never ``wandb.log``); a run a crashed trial left open is finished before the next starts.
 * The API key is never passed to ``wandb`` by us, never put in config, and never written to a file
@@ -64,6 +70,7 @@ __all__ = [
     "TrackingWarning",
     "log_leaderboard",
     "run_id",
+    "trial_runs_callback",
 ]
 
 log = logging.getLogger(__name__)
@@ -281,14 +288,15 @@ class TrackedRun:
 
 
 def _finish_stale_runs() -> None:
-    """Finish runs this process left open before a new one starts.
+    """Finish runs this process left open before a new one starts (not the concurrent ones a
+    Tune callback holds for the trials still running).
 
     Why: a Ray worker runs trial after trial (``reuse_actors``), one at a time. A trial whose
     code never reached ``finish`` would otherwise stay open until the worker ends, and a later
     ``wandb.init`` must not mix its records with the new trial's.
     """
     with _OPEN_LOCK:
-        stale = list(_OPEN)
+        stale = [run for run in _OPEN if run.exclusive]
     for run in stale:
         log.debug("finishing W&B run left open by an earlier trial in this process")
         run.finish()
@@ -318,8 +326,9 @@ class _WandbRun(TrackedRun):
 
     live = True
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run: Any, exclusive: bool = True) -> None:
         self._run: Any = run
+        self.exclusive = exclusive  # one at a time in its process (see _finish_stale_runs)
         # Held for the whole of finish: the exit hook waits on it for a trial thread's finish.
         self._finishing = threading.Lock()
         self.dir = Path(run.dir).parent if getattr(run, "dir", None) else None
@@ -442,6 +451,7 @@ class Tracker:
         config: Mapping[str, Any],
         tags: list[str] | None = None,
         key: str | None = None,
+        concurrent: bool = False,
     ) -> TrackedRun:
         """Start a run; returns a no-op :class:`TrackedRun` when disabled or when W&B fails.
 
@@ -449,7 +459,9 @@ class Tracker:
         search); it is prefixed with the experiment name, which is also added to ``tags``.
         ``job_type`` says what the run is (``search``, ``final``, ``leaderboard``). ``key`` (a Tune
         trial id) makes the run id deterministic and resumable: a restarted trial continues its
-        run. Finish a run before starting the next one in the same process.
+        run. Finish a run before starting the next one in the same process (a run left open is
+        finished by the next ``start``), unless ``concurrent``: then other open runs stay open
+        (the callback that logs every running trial of a Tuner).
         """
         if self.mode == "disabled":
             return TrackedRun()
@@ -473,21 +485,22 @@ class Tracker:
         )
         if key:
             kwargs.update(id=run_id(self.experiment, key), resume="allow")
-        _finish_stale_runs()
+        if not concurrent:
+            _finish_stale_runs()
         mode = self.mode
         global _ONLINE_FAILED
         if mode == "online" and _ONLINE_FAILED:
             mode = "offline"
         if mode == "online":
-            run = self._init("online", kwargs)
+            run = self._init("online", kwargs, not concurrent)
             if run is not None:
                 return run
             _ONLINE_FAILED = True
             mode = "offline"
-        run = self._init(mode, kwargs)
+        run = self._init(mode, kwargs, not concurrent)
         return run if run is not None else TrackedRun()
 
-    def _init(self, mode: str, kwargs: dict[str, Any]) -> _WandbRun | None:
+    def _init(self, mode: str, kwargs: dict[str, Any], exclusive: bool = True) -> _WandbRun | None:
         """One ``wandb.init`` attempt; ``None`` (after a warning) when it fails."""
         try:
             import wandb
@@ -506,7 +519,7 @@ class Tracker:
             return None
         _register_exit_hook()  # after wandb registered its teardown: ours runs first
         self._record_mode(mode)
-        return _WandbRun(run)
+        return _WandbRun(run, exclusive)
 
     def _record_mode(self, mode: str) -> None:
         """Append the mode a run really used to ``<root>/wandb/medbench-modes.txt``.
@@ -541,6 +554,122 @@ class Tracker:
         if self.mode == "online" and "offline" in used:
             return "fallback"
         return self.mode
+
+
+# --- search trials: one run per trial, logged by a Tune callback in the Tuner's process ---------
+
+# What Tune adds to every result (ray.tune.result's automatic keys and bookkeeping); not metrics
+# the trial reported. ``time_total_s`` is kept: it is the trial's wall time so far.
+_TUNE_KEYS = frozenset({
+    "config", "trial_id", "experiment_tag", "date", "timestamp", "pid", "hostname", "node_ip",
+    "done", "should_checkpoint", "checkpoint_dir_name", "training_iteration",
+    "time_this_iter_s", "time_since_restore", "iterations_since_restore",
+    "timesteps_since_restore", "timesteps_total", "episodes_total",
+})
+
+
+@dataclass
+class _TrialRun:
+    """A trial's open run and what its summary needs."""
+
+    run: TrackedRun
+    trial_id: str
+    group: str
+    last_step: int = -1
+    rows: int = 0
+    best: float | None = None
+    best_step: int | None = None
+
+
+# Open runs of the trials this process's Tuner is running, by W&B run id. Module state, never
+# an attribute of the callback: Tune pickles its callbacks into tuner.pkl.
+_TRIAL_RUNS: dict[str, _TrialRun] = {}
+
+
+def _metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers a trial reported, without Tune's own keys."""
+    from numbers import Real
+
+    return {str(k): v for k, v in result.items()
+            if k not in _TUNE_KEYS and isinstance(v, Real) and not isinstance(v, bool)}
+
+
+def log_trial_result(tracker: Tracker, group: str, tags: list[str], metric: str,
+                     trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+    """Log one reported epoch of a search trial, starting the trial's run at its first report.
+
+    The step is the result's ``epoch`` (Tune's ``training_iteration`` without one). A step not
+    above the last one logged is skipped: a retried attempt, or a trial replaying its completion
+    record, reports epochs this run already holds (W&B would drop them anyway, with a warning).
+    """
+    if tracker.mode == "disabled":
+        return
+    key = run_id(tracker.experiment, trial_id)
+    entry = _TRIAL_RUNS.get(key)
+    if entry is None:
+        job = {k: v for k, v in dict(config.get("job", config)).items()
+               if k not in ("phase", "candidate")}
+        run = tracker.start(name=f"{group.replace('/', '-')}-{trial_id}", group=group,
+                            job_type="search", config=job, tags=tags, key=trial_id,
+                            concurrent=True)
+        entry = _TRIAL_RUNS[key] = _TrialRun(run, trial_id, group)
+    step = result.get("epoch", result.get("training_iteration"))
+    step = int(step) if isinstance(step, (int, float)) else entry.last_step + 1
+    if step <= entry.last_step:
+        return
+    metrics = _metrics(result)
+    entry.run.log(metrics, step=step)
+    entry.last_step, entry.rows = step, entry.rows + 1
+    score = metrics.get(metric)
+    if score is not None and (entry.best is None or score > entry.best):
+        entry.best, entry.best_step = float(score), step
+
+
+def end_trial_run(tracker: Tracker, metric: str, trial_id: str, exit_code: int = 0) -> None:
+    """Finish a trial's run (Tune finished it, its scheduler stopped it, or it failed for good),
+    with a summary of the best ``metric``, its step and the number of epochs logged."""
+    entry = _TRIAL_RUNS.pop(run_id(tracker.experiment, trial_id), None)
+    if entry is None:
+        return
+    summary: dict[str, Any] = {"epochs_run": entry.rows}
+    if entry.best is not None:
+        summary.update({f"best_{metric}": entry.best, "best_epoch": entry.best_step})
+    entry.run.finish(summary, exit_code=exit_code)
+
+
+def end_trial_runs(tracker: Tracker, group: str, metric: str) -> None:
+    """Finish every run still open for a trial of this Tuner (experiment and group): the Tuner
+    has ended (a time budget stops its running trials)."""
+    open_here = [e.trial_id for k, e in _TRIAL_RUNS.items()
+                 if e.group == group and k == run_id(tracker.experiment, e.trial_id)]
+    for trial_id in open_here:
+        end_trial_run(tracker, metric, trial_id, 0)
+
+
+def trial_runs_callback(tracker: Tracker, group: str, tags: list[str], metric: str) -> Any:
+    """A Tune callback that logs every trial of one Tuner as its own W&B run (see module doc):
+    config at the first report, one history row per reported epoch, a summary at the end.
+
+    Its methods only call this module's functions with plain values, so the callback pickles
+    into tuner.pkl without any open run or wandb object in it, and a resumed Tuner's copy works
+    in a fresh process.
+    """
+    from ray import tune
+
+    class TrialRuns(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            log_trial_result(tracker, group, tags, metric, trial.trial_id, trial.config, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            end_trial_run(tracker, metric, trial.trial_id, 0)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            end_trial_run(tracker, metric, trial.trial_id, 1)
+
+        def on_experiment_end(self, trials, **info):
+            end_trial_runs(tracker, group, metric)
+
+    return TrialRuns()
 
 
 def _plain_table_frame(board: pd.DataFrame) -> pd.DataFrame:

@@ -142,13 +142,17 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
         return
     conf = TrainConfig.from_dict(job)
     data = _trial_data(conf.dataset, conf.size, data_ref)
-    # `with`: when ASHA stops a trial, Tune raises SystemExit inside tune.report; the context
-    # manager still finishes the W&B run (exit code 0 for that case). key: the W&B run id comes
-    # from the trial id, so a restarted trial continues its run.
-    with tracker.start(name=f"{conf.dataset}-{conf.model}-{trial_id}",
-                       group=f"{conf.dataset}/{conf.model}", job_type=phase,
-                       config=conf.to_dict(), tags=[conf.dataset, conf.model, phase],
-                       key=trial_id) as run:
+    # A search trial's W&B run is kept by its Tuner (bench.tracking.trial_runs_callback): ASHA
+    # ends this worker without waiting for it, which lost runs logged here. Selection and final
+    # runs are never stopped early and finish their run before their last report. key: the W&B
+    # run id comes from the trial id, so a restarted trial continues its run.
+    from bench.tracking import TrackedRun
+
+    with (TrackedRun() if phase == "search" else
+          tracker.start(name=f"{conf.dataset}-{conf.model}-{trial_id}",
+                        group=f"{conf.dataset}/{conf.model}", job_type=phase,
+                        config=conf.to_dict(), tags=[conf.dataset, conf.model, phase],
+                        key=trial_id)) as run:
 
         def on_epoch(rec: dict) -> None:
             nonlocal t_last

@@ -404,3 +404,72 @@ def test_unwritable_root_degrades_to_noop(tmp_path: Path) -> None:
     with pytest.warns(TrackingWarning, match="cannot create"):
         run = t.start(name="a", group="g", job_type="trial", config={})
     assert not run.live
+
+
+# --- search trials, logged from Tune's events (the Tuner's process) ----------------------------
+
+
+def tune_result(epoch: int, auc: float) -> dict[str, object]:
+    """What a Tune callback receives for one reported epoch: ours plus Tune's own keys."""
+    return {"epoch": epoch, "val_auc": auc, "train_loss": 1.0 / epoch, "images_seen": 64 * epoch,
+            "training_iteration": epoch, "time_total_s": 0.5 * epoch, "time_this_iter_s": 0.5,
+            "trial_id": "x", "hostname": "h", "pid": 1, "done": False, "date": "2026-12-01",
+            "config": {"lr": 0.1}}
+
+
+def test_trial_runs_from_tune_events_are_complete_concurrent_and_resumable(
+    tmp_path: Path,
+) -> None:
+    """Runs of a Tuner's trials are open side by side; each holds its config (no phase), one
+    row per new epoch (Tune's keys left out, a retried attempt's repeats skipped), a summary,
+    and ends with the trial: stopped (exit 0), failed (exit 1) or cut by the Tuner's end."""
+    t = Tracker.from_env(True, "medbench-test", tmp_path, experiment="wb")
+    log = tracking.log_trial_result
+    tags = ["breastmnist", "mlp", "search"]
+    cfg = {"dataset": "breastmnist", "model": "mlp", "lr": 0.1, "phase": "search"}
+    for epoch, (a, b, c) in enumerate([(0.6, 0.5, 0.4), (0.7, 0.8, 0.45)], start=1):
+        for trial, auc in (("t_00000", a), ("t_00001", b), ("t_00002", c)):
+            log(t, "breastmnist/mlp", tags, "val_auc", trial, cfg, tune_result(epoch, auc))
+    tracking.end_trial_run(t, "val_auc", "t_00000", 0)  # ASHA stopped it at a rung
+    tracking.end_trial_run(t, "val_auc", "t_00002", 1)  # failed for good
+    log(t, "breastmnist/mlp", tags, "val_auc", "t_00001", cfg, tune_result(1, 0.1))  # a retry
+    log(t, "breastmnist/mlp", tags, "val_auc", "t_00001", cfg, tune_result(3, 0.75))
+    tracking.end_trial_runs(t, "other/group", "val_auc")  # another Tuner's end: not ours
+    assert set(tracking._TRIAL_RUNS) == {"wb-t_00001"}
+    tracking.end_trial_runs(t, "breastmnist/mlp", "val_auc")  # the Tuner ended (time budget)
+    assert not tracking._TRIAL_RUNS
+
+    recs = {r.run_id: r for r in map(read_offline_run, offline_runs(tmp_path))}
+    assert set(recs) == {"wb-t_00000", "wb-t_00001", "wb-t_00002"}
+    assert [recs[f"wb-t_0000{i}"].exit_code for i in range(3)] == [0, 0, 1]
+    stopped, full = recs["wb-t_00000"], recs["wb-t_00001"]
+    assert stopped.complete and stopped.job_type == "search"
+    assert (stopped.group, stopped.tags) == ("wb/breastmnist/mlp", ["wb", *tags])
+    assert stopped.name == "breastmnist-mlp-t_00000"
+    assert stopped.config == {"dataset": "breastmnist", "model": "mlp", "lr": 0.1}
+    assert [h["_step"] for h in stopped.history] == [1, 2]
+    assert {k for k in stopped.history[0] if not k.startswith("_")} == {
+        "epoch", "val_auc", "train_loss", "images_seen", "time_total_s"}
+    assert [h["val_auc"] for h in full.history] == pytest.approx([0.5, 0.8, 0.75])
+    assert full.summary["best_val_auc"] == pytest.approx(0.8)
+    assert (full.summary["best_epoch"], full.summary["epochs_run"]) == (2, 3)
+
+
+def test_trial_runs_callback_pickles_without_open_runs(tmp_path: Path) -> None:
+    """Tune pickles callbacks into tuner.pkl: an open run must never go with it, and the copy a
+    resumed Tuner unpickles still reaches the runs through the module."""
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
+    from types import SimpleNamespace
+
+    t = Tracker.from_env(True, "medbench-test", tmp_path, experiment="wb")
+    cb = tracking.trial_runs_callback(t, "breastmnist/mlp", ["search"], "val_auc")
+    trial = SimpleNamespace(trial_id="t_00000", config={"dataset": "breastmnist", "lr": 0.1})
+    cb.on_trial_result(iteration=1, trials=[trial], trial=trial, result=tune_result(1, 0.6))
+    assert tracking._TRIAL_RUNS["wb-t_00000"].run.live
+    payload = cloudpickle.dumps(cb)
+    assert b"_TrialRun" not in payload and b"wandb" not in payload
+    copy = cloudpickle.loads(payload)
+    copy.on_trial_result(iteration=2, trials=[trial], trial=trial, result=tune_result(2, 0.7))
+    copy.on_trial_complete(iteration=2, trials=[trial], trial=trial)
+    (rec,) = map(read_offline_run, offline_runs(tmp_path))
+    assert rec.complete and [h["epoch"] for h in rec.history] == [1, 2]
