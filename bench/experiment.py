@@ -114,6 +114,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             num_cpus: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Search (+ final phase) into run_dir; returns meta. Bad input fails before Ray starts."""
     from bench.data import load_arrays
+    from bench.preflight import check_local_capacity, check_splits, is_local, wait_for_capacity
     from bench.search import init_ray, search
     from bench.tracking import Tracker
 
@@ -127,6 +128,9 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
     # loaded and checked once per run: a missing/corrupt file fails before anything is created
     arrays = {flag: load_arrays(flag, spec.size, data_dir, verify_md5=spec.verify_md5)
               for flag in spec.datasets}
+    check_splits(arrays)  # an empty split: one line now, not every trial failing later
+    if is_local(address):  # trials this machine can never fit: refused before Ray starts
+        check_local_capacity(spec, num_cpus)
     if address:
         init_ray(address)  # an unreachable cluster is reported before the run dir is made
     resumed = prepare_run_dir(run_dir, spec)
@@ -135,6 +139,8 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
          f"({', '.join(spec.datasets)} x {', '.join(spec.families)}), {spec.num_samples} "
          f"trials each -> {run_dir}")
     init_ray(address, num_cpus)
+    # a cluster may lack a node big enough for a trial until an autoscaler adds one
+    wait_for_capacity(spec, echo, timeout_s=0 if is_local(address) else None)
     tracker = Tracker.from_env(wandb, spec.project, run_dir, experiment=spec.name)
     t0 = time.time()
     tables = search(spec, run_dir, storage, arrays, tracker, echo, final=final)

@@ -11,6 +11,7 @@ with search_spaces/<family>.yaml (its own width/depth/dropout), then the experim
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,16 +62,38 @@ def read_yaml(path: Path, what: str = "file") -> dict[str, Any]:
     return obj
 
 
+PARAM_KEYS = ({"value"}, {"values"}, {"distribution", "min", "max"})
+MAX_VALUES = 1000  # choices of one parameter; a longer list is a mistake (or a bomb)
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
+
+
 def validate_param(name: str, p: Any, where: str) -> dict[str, Any]:
-    """One parameter definition, checked; returns it normalised."""
+    """One parameter definition, checked; returns it normalised. Values are scalars: a
+    parameter never holds a free-form mapping or list that could grow without bound."""
     if not isinstance(p, dict):
+        if not _scalar(p):
+            raise UserError(f"{where}: parameter {name!r} is a {type(p).__name__}; give a "
+                            "number/string/boolean, or {values: [...]} or {min, max}")
         return {"value": p}  # a bare scalar is a constant
     keys = set(p)
+    if not any(keys <= allowed for allowed in PARAM_KEYS):
+        raise UserError(f"{where}: parameter {name!r} has keys {sorted(map(str, keys))}; use "
+                        "one of {value}, {values: [...]} or {distribution, min, max}")
     if "value" in keys:
+        if not _scalar(p["value"]):
+            raise UserError(f"{where}: parameter {name!r}: `value` must be a number, string or "
+                            f"boolean, got {type(p['value']).__name__}")
         return {"value": p["value"]}
     if "values" in keys:
         if not isinstance(p["values"], list) or not p["values"]:
             raise UserError(f"{where}: parameter {name!r} needs a non-empty list of `values`")
+        if len(p["values"]) > MAX_VALUES or not all(map(_scalar, p["values"])):
+            raise UserError(f"{where}: parameter {name!r}: `values` must be at most "
+                            f"{MAX_VALUES} numbers, strings or booleans (no nested lists or "
+                            "mappings)")
         return {"values": list(p["values"])}
     dist = p.get("distribution", "uniform")
     if dist not in DISTRIBUTIONS:
@@ -79,9 +102,14 @@ def validate_param(name: str, p: Any, where: str) -> dict[str, Any]:
     if "min" not in p or "max" not in p:
         raise UserError(f"{where}: parameter {name!r} needs `min` and `max` (or `values`)")
     try:
+        if isinstance(p["min"], bool) or isinstance(p["max"], bool):
+            raise TypeError
         lo, hi = float(p["min"]), float(p["max"])
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError
     except (TypeError, ValueError):
-        raise UserError(f"{where}: parameter {name!r}: min/max must be numbers") from None
+        raise UserError(f"{where}: parameter {name!r}: min/max must be finite numbers "
+                        f"(got {p['min']!r}, {p['max']!r})") from None
     if lo > hi:
         raise UserError(f"{where}: parameter {name!r} has min {lo:g} > max {hi:g}; swap them")
     if "log" in dist and lo <= 0:
@@ -206,10 +234,134 @@ class Spec:
         return {f: load_family_space(f, self.overrides.get(f)) for f in self.families}
 
 
-def _as_list(v: Any) -> list[str]:
+def _as_list(v: Any, key: str = "list", where: str = "spec") -> list[str]:
     if isinstance(v, str):
         return [x.strip() for x in v.split(",") if x.strip()]
-    return list(v or [])
+    if v is None:
+        return []
+    if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+        raise UserError(f"{where}: {key} must be a list of names (or 'a,b'), got {v!r}")
+    return list(v)
+
+
+# Upper bounds: far above any real use (the `full` preset: 48 trials, 100 epochs, 5 seeds), low
+# enough that a typo (num_samples: 1000000000) is an error, not hours of trial directories.
+# field -> (type, min, max, what it means / how to fix it)
+SCALAR_FIELDS: dict[str, tuple[type, float, float, str]] = {
+    "num_samples": (int, 1, 10_000, "trials per experiment; budget_s or time_budget_s ends a "
+                                    "search earlier"),
+    "max_concurrent_trials": (int, 0, 10_000, "0: as many as resources allow"),
+    "max_concurrent_experiments": (int, 0, 10_000, "0: as many as trials fit side by side"),
+    "time_budget_s": (float, 0, 1e7, "wall seconds per experiment; 0: no limit"),
+    "grace_period": (int, 1, 10_000, "epochs before ASHA may stop a trial"),
+    "max_epochs": (int, 1, 10_000, "epochs of a full trial"),
+    "reduction_factor": (float, 1.1, 100, "ASHA keeps 1/reduction_factor per rung; 3 is usual"),
+    "final_seeds": (int, 0, 100, "fresh seeds per chosen config; 0: no final phase"),
+    "final_seed_base": (int, 21, 2**31 - 1000, "first final seed; search and selection use "
+                                               "seeds 0-20"),
+    "max_failures": (int, 0, 100, "retries of a failing trial"),
+}
+RESOURCE_KEYS = {"cpu": 1024, "gpu": 64}  # per trial, upper bound
+BUDGET_KEYS = {"num_samples": 10_000, "max_epochs": 10_000, "grace_period": 10_000,
+               "trial_images": 10**10}
+MAX_DISTRIBUTED_WORKERS = 256
+
+
+def _range_text(lo: float, hi: float) -> str:
+    return f"{'>= 0' if lo == 0 else f'at least {lo:g}'} and at most {hi:g}"
+
+
+def check_number(value: Any, key: str, kind: type, lo: float, hi: float, where: str,
+                 fix: str = "") -> None:
+    """An int (kind int: no bool, no float) or a finite number in [lo, hi], else one line."""
+    ok_type = not isinstance(value, bool) and (
+        isinstance(value, int) if kind is int else isinstance(value, int | float))
+    if not ok_type or not lo <= value <= hi:  # NaN fails the range test too
+        kind_text = "an integer" if kind is int else "a number"
+        raise UserError(f"{where}: {key} must be {_range_text(lo, hi)} ({kind_text}), got "
+                        f"{value!r}{'; ' + fix if fix else ''}")
+
+
+def _check_fields(raw: dict[str, Any], where: str) -> None:
+    """Types and ranges of every top-level field, before a Spec is built from them (so a
+    string where a number belongs is one line here, not a traceback after the search)."""
+    for key, (kind, lo, hi, fix) in SCALAR_FIELDS.items():
+        if key in raw:
+            check_number(raw[key], key, kind, lo, hi, where, fix)
+    if "size" in raw and (isinstance(raw["size"], bool) or not isinstance(raw["size"], int)):
+        raise UserError(f"{where}: size must be an image size (28, 64, 128 or 224), got "
+                        f"{raw['size']!r}")
+    if "verify_md5" in raw and not isinstance(raw["verify_md5"], bool):
+        raise UserError(f"{where}: verify_md5 must be true or false, got {raw['verify_md5']!r}")
+    for key in ("searcher", "scheduler"):
+        if key in raw and not isinstance(raw[key], str):
+            raise UserError(f"{where}: {key} must be a name, got {raw[key]!r}")
+    if "project" in raw and not (isinstance(raw["project"], str)
+                                 and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+                                                  raw["project"])):
+        raise UserError(f"{where}: project (the W&B project) must be 1-128 letters, digits, "
+                        f"'.', '_' or '-', got {raw['project']!r}")
+    for key in ("resources", "overrides", "budgets", "fidelity", "selection", "distributed"):
+        if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
+            raise UserError(f"{where}: {key} must be a mapping (key: value), got "
+                            f"{type(raw[key]).__name__} {raw[key]!r}")
+        if raw.get(key) is None and key in raw:
+            raw[key] = {}
+    _check_resources(raw.get("resources", {"cpu": 1, "gpu": 0}), where)
+    for fam, params in (raw.get("overrides") or {}).items():
+        if not isinstance(params, dict):
+            raise UserError(f"{where}: overrides.{fam} must map parameters to definitions "
+                            f"(e.g. lr: {{values: [1.0e-3]}}), got {params!r}")
+        fixed = sorted(set(params) & SET_BY_EXPERIMENT)
+        if fixed:
+            raise UserError(f"{where}: overrides.{fam} sets {', '.join(fixed)}, which the "
+                            "experiment sets itself (datasets, families, size, max_epochs or "
+                            "fidelity, seeds, resources); remove it from overrides")
+    for fam, b in (raw.get("budgets") or {}).items():
+        if not isinstance(b, dict):
+            continue  # build_spec names the keys a budget takes
+        for k, v in b.items():
+            if k in BUDGET_KEYS and (isinstance(v, bool) or not isinstance(v, int)
+                                     or v > BUDGET_KEYS[k]):
+                raise UserError(f"{where}: budgets.{fam}.{k} must be an integer of at most "
+                                f"{BUDGET_KEYS[k]:g}, got {v!r}")
+    for fam, w in (raw.get("distributed") or {}).items():
+        check_number(w, f"distributed.{fam} (Ray Train workers)", int, 1,
+                     MAX_DISTRIBUTED_WORKERS, where, "workers per trial of that family")
+    for key, value in (raw.get("selection") or {}).items():
+        if key in ("top_k", "seeds") and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{where}: selection.{key} must be an integer, got {value!r}")
+
+
+# Training options each trial gets from the experiment, not from a search space.
+SET_BY_EXPERIMENT = {"dataset", "model", "size", "epochs", "seed", "phase", "threads",
+                     "candidate", "job"}
+
+
+def _check_resources(res: Any, where: str) -> None:
+    """Per-trial resources: cpu/gpu numbers Ray accepts (above 1 only whole numbers), at least
+    one of them positive; require_gpu a boolean that needs gpu > 0."""
+    extra = set(res) - {*RESOURCE_KEYS, "require_gpu"}
+    if extra:
+        raise UserError(f"{where}: resources takes cpu, gpu and require_gpu (got "
+                        f"{', '.join(sorted(map(str, extra)))}); e.g. "
+                        "resources: {cpu: 1, gpu: 0}")
+    for key, hi in RESOURCE_KEYS.items():
+        v = res.get(key, 1 if key == "cpu" else 0)
+        check_number(v, f"resources.{key}", float, 0, hi, where, f"{key}s per trial")
+        if v > 1 and v != int(v):
+            raise UserError(f"{where}: resources.{key} = {v!r}: Ray takes fractions only up to "
+                            f"1; use a whole number of {key}s above 1")
+    if float(res.get("cpu", 1)) == 0 and float(res.get("gpu", 0)) == 0:
+        raise UserError(f"{where}: resources ask for no cpu and no gpu; a trial needs at least "
+                        "one of them (e.g. resources: {cpu: 1, gpu: 0})")
+    if "require_gpu" in res:
+        if not isinstance(res["require_gpu"], bool):
+            raise UserError(f"{where}: resources.require_gpu must be true or false, got "
+                            f"{res['require_gpu']!r}")
+        if res["require_gpu"] and not float(res.get("gpu", 0)) > 0:
+            raise UserError(f"{where}: resources.require_gpu is true but gpu is 0; set gpu "
+                            "(e.g. 1) or drop require_gpu")
 
 
 def check_name(name: Any, where: str = "spec") -> str:
@@ -234,10 +386,16 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: "
                         f"{', '.join(sorted(known))}")
     raw = dict(raw)
-    raw["datasets"] = _as_list(raw.get("datasets"))
-    raw["families"] = _as_list(raw.get("families"))
+    raw["datasets"] = _as_list(raw.get("datasets"), "datasets", where)
+    raw["families"] = _as_list(raw.get("families"), "families", where)
+    for key in ("datasets", "families"):
+        twice = sorted({x for x in raw[key] if raw[key].count(x) > 1})
+        if twice:
+            raise UserError(f"{where}: {key} names {', '.join(twice)} more than once; list "
+                            "each once")
     raw.setdefault("name", "experiment")
     check_name(raw["name"], where)
+    _check_fields(raw, where)
     try:
         spec = Spec(**{k: v for k, v in raw.items() if k in known})
     except TypeError as e:
@@ -304,8 +462,73 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
                         "max_concurrent_experiments must be >= 0")
     if float(spec.resources.get("cpu", 1)) < 0 or float(spec.resources.get("gpu", 0)) < 0:
         raise UserError(f"{where}: resources must be non-negative")
-    spec.spaces()  # validates every family's space now, before anything runs
+    try:
+        spaces = spec.spaces()
+    except UserError as e:  # name the spec too: an override there is the usual cause
+        raise UserError(f"{where}: {e}") from None
+    for fam, space in spaces.items():  # every family's space, before anything runs
+        _check_space_values(spec, fam, space, where)
     return spec
+
+
+# Sanity bounds on training options a search space may set (TrainConfig checks the lower ones).
+OPTION_BOUNDS = {"batch_size": (1, 8192), "eval_batch_size": (0, 65_536), "lr": (0, 10),
+                 "momentum": (0, 1), "weight_decay": (0, 1), "threads": (0, 1024)}
+HPARAM_BOUNDS = {"dropout": (0, 0.99), "width": (0.01, 16), "depth": (1, 16),
+                 "layers": (1, 16), "hidden": (1, 65_536), "stem_stride": (1, 4)}
+
+
+def _check_space_values(spec: Spec, family: str, space: dict[str, dict], where: str) -> None:
+    """Every value a family's space can give (each constant and choice, both ends of a
+    range) is a valid training option or hyperparameter of the right type, so no trial fails
+    on a bad value after the search started."""
+    from bench.data import dataset_info
+    from bench.models import get_entry
+    from bench.train import TrainConfig
+
+    entry = get_entry(family)
+    defaults = entry.hparams()
+    dataset = next((d for d in spec.datasets if dataset_info(d).dims == entry.dims),
+                   spec.datasets[0])
+    int_options = {n for n, f in TrainConfig.__dataclass_fields__.items() if f.type == "int"}
+    for name, p in space.items():
+        at = f"{where}: search space {family}, parameter {name!r}"
+        is_int = name in int_options or (isinstance(defaults.get(name), int)
+                                         and not isinstance(defaults.get(name), bool))
+        if "distribution" in p:
+            if name in defaults and not isinstance(defaults[name], int | float) \
+                    or isinstance(defaults.get(name), bool):
+                raise UserError(f"{at}: a {type(defaults[name]).__name__} cannot take a "
+                                "min/max range; list its choices with `values`")
+            if is_int and not p["distribution"].startswith("int_"):
+                raise UserError(f"{at} is an integer; use distribution int_uniform or "
+                                "int_log_uniform")
+            candidates = [int(p["min"]), int(p["max"])] if is_int else [p["min"], p["max"]]
+        else:
+            candidates = [p["value"]] if "value" in p else p["values"]
+        for v in candidates:
+            bounds = OPTION_BOUNDS.get(name) or (HPARAM_BOUNDS.get(name) if name in defaults
+                                                 else None)
+            if name in defaults:
+                d = defaults[name]
+                kinds = (bool,) if isinstance(d, bool) else (str,) if isinstance(d, str) \
+                    else (int,) if isinstance(d, int) else (int, float)
+                if not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool)):
+                    raise UserError(f"{at}: {v!r} is not {kinds[-1].__name__} like its "
+                                    f"default {d!r}; fix the value")
+            else:
+                try:
+                    TrainConfig.from_dict({"dataset": dataset, "model": family,
+                                           "size": spec.size, name: v})
+                except UserError as e:
+                    raise UserError(f"{at}: {v!r} is not a valid value ({e})") from None
+            try:  # YAML reads 1e-3 as a string; TrainConfig turns it into a number
+                number = None if isinstance(v, bool) else float(v)
+            except (TypeError, ValueError):
+                number = None
+            if bounds and number is not None and not bounds[0] <= number <= bounds[1]:
+                raise UserError(f"{at}: {v!r} is outside [{bounds[0]:g}, {bounds[1]:g}]; "
+                                "choose a value in that range")
 
 
 def _check_budget_fields(spec: Spec, where: str) -> None:
