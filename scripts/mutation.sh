@@ -9,6 +9,9 @@
 #   bash scripts/mutation.sh             # the working tree (tracked + untracked, not ignored)
 #   bash scripts/mutation.sh HEAD~3      # a committed revision instead (e.g. "before")
 #   MUTATION_JOBS=2 MUTATION_KEEP=1 bash scripts/mutation.sh
+#   MUTATION_WORK=/tmp/mut-after bash scripts/mutation.sh   # a fixed scratch dir (kept)
+#   bash scripts/mutation.sh --score /tmp/mut-after         # the score so far of a kept dir
+#                                                           # (while it runs: the partial score)
 #
 # It works in a scratch copy (mutmut writes a mutants/ tree beside the code and a
 # [tool.mutmut] section into pyproject.toml), so the checkout is never touched. The mutmut
@@ -16,9 +19,50 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# killed / total over exactly the mutants a run selected (scope.txt), per function, and the
+# ones not killed; mutants not run yet ("not checked") are counted apart, so a run that was
+# stopped early still gives an honest partial score.
+score() {
+  (cd "$1" && { mutmut results --all true > results.txt 2>/dev/null || true; }
+   python - <<'EOF'
+import fnmatch
+from collections import Counter
+scope = [ln.strip() for ln in open("scope.txt") if ln.strip()]
+globs = [s for s in scope if "*" in s]
+exact = {s for s in scope if "*" not in s}
+rows = [ln.strip().rsplit(": ", 1) for ln in open("results.txt") if ": " in ln]
+rows = [(n, s) for n, s in rows if n in exact or any(fnmatch.fnmatch(n, g) for g in globs)]
+by_function = {}
+for name, status in rows:
+    by_function.setdefault(name.split("__mutmut_")[0], Counter())[status] += 1
+total = Counter(s for _, s in rows)
+for func, c in sorted(by_function.items()):
+    run = sum(v for k, v in c.items() if k != "not checked")
+    print(f"{func:44s} killed {c['killed']:3d}/{run:3d} run  " + ", ".join(
+        f"{k} {v}" for k, v in sorted(c.items()) if k != "killed"))
+run = sum(v for k, v in total.items() if k != "not checked")
+print(f"{'ALL':44s} killed {total['killed']:3d}/{run:3d} run "
+      f"({100 * total['killed'] / max(1, run):.1f}%); "
+      f"{total['not checked']} of {len(rows)} mutants not run yet")
+print("statuses:", dict(total))
+print("\nnot killed (mutmut show <name> in the scratch copy for the diff):")
+for name, status in rows:
+    if status not in ("killed", "not checked"):
+        print(f"  {status:12s} {name}")
+EOF
+  )
+}
+if [[ "${1:-}" == --score ]]; then score "$2"; exit 0; fi
+
 REV="${1:-}"
 JOBS="${MUTATION_JOBS:-2}"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/medbench-mutation.XXXXXX")"
+if [[ -n "${MUTATION_WORK:-}" ]]; then
+  WORK="$MUTATION_WORK"; MUTATION_KEEP=1
+  mkdir -p "$WORK"; [[ -z "$(ls -A "$WORK")" ]] || { echo "$WORK is not empty" >&2; exit 2; }
+else
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/medbench-mutation.XXXXXX")"
+fi
 [[ -n "${MUTATION_KEEP:-}" ]] || trap 'rm -rf "$WORK"' EXIT
 
 python -c "import mutmut" 2>/dev/null || python -m pip install --quiet "mutmut>=3.8,<4"
@@ -69,8 +113,10 @@ else
          "bench.leaderboard.x__compare__*"
          "bench.results.x_atomic_write__*" "bench.results.x__umask__*")
 fi
+printf '%s\n' "${SCOPE[@]}" > scope.txt
 mutmut run --max-children "$JOBS" "${SCOPE[@]}" > run1.log 2>&1 || true
 tail -n 2 run1.log
+echo "step 1 (generation, stats, core mutants) done after $(($(date +%s) - start)) s"
 
 # 2) train.fit: only the mutants that change the best-epoch selection (the lines naming
 #    best_auc / best_epoch / best_state, or the load of the kept weights). The rest of fit is
@@ -89,6 +135,7 @@ for name, body in sorted(funcs.items(), key=lambda kv: int(kv[0].rsplit("_", 1)[
 EOF
 )
 echo "train.fit: ${#FIT[@]} mutants touch the best-epoch selection"
+printf '%s\n' "${FIT[@]}" >> scope.txt
 if ((${#FIT[@]})); then
   mutmut run --max-children "$JOBS" "${FIT[@]}" > run2.log 2>&1 || true
   tail -n 2 run2.log
@@ -96,27 +143,6 @@ fi
 end=$(date +%s)
 
 # 3) the score: killed / total over exactly the mutants run above
-mutmut results --all true > results.txt || true
-python - "${SCOPE[@]}" -- "${FIT[@]}" <<'EOF'
-import fnmatch, sys
-from collections import Counter
-args = sys.argv[1:]
-globs, fit = args[:args.index("--")], set(args[args.index("--") + 1:])
-rows = [ln.strip().rsplit(": ", 1) for ln in open("results.txt") if ": " in ln]
-rows = [(n, s) for n, s in rows if n in fit or any(fnmatch.fnmatch(n, g) for g in globs)]
-by_function = {}
-for name, status in rows:
-    by_function.setdefault(name.split("__mutmut_")[0], Counter())[status] += 1
-total = Counter(s for _, s in rows)
-for func, c in sorted(by_function.items()):
-    print(f"{func:40s} killed {c['killed']:3d}/{sum(c.values()):3d}  " + ", ".join(
-        f"{k} {v}" for k, v in sorted(c.items()) if k != "killed"))
-n = sum(total.values())
-print(f"{'ALL':40s} killed {total['killed']:3d}/{n:3d}  ({100 * total['killed'] / max(1, n):.1f}%)")
-print("\nnot killed (mutmut show <name> in the scratch copy for the diff):")
-for name, status in rows:
-    if status != "killed":
-        print(f"  {status:12s} {name}")
-EOF
+score "$WORK"
 echo "time: $((end - start)) s with $JOBS workers ($(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg))"
 [[ -z "${MUTATION_KEEP:-}" ]] || echo "scratch copy kept: $WORK (mutmut show <name> there)"
