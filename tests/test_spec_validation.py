@@ -259,3 +259,36 @@ def test_capacity_wait_setting_is_checked(monkeypatch) -> None:
         wait_seconds()
     monkeypatch.setenv(WAIT_ENV, "12")
     assert wait_seconds() == 12.0
+
+
+def test_medbench_run_refuses_before_ray_starts(tmp_path) -> None:
+    """Through the CLI: a trial bigger than this machine and an empty train split are each one
+    line and exit 2, with no run directory made and no Ray node started."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from bench.data import write_synthetic
+
+    write_synthetic("breastmnist", tmp_path / "data", n=(16, 8, 8))
+    write_synthetic("pneumoniamnist", tmp_path / "data", n=(0, 8, 8))
+    env = {**os.environ, "WANDB_MODE": "disabled", "RAY_ADDRESS": ""}
+    cases = {"big": ({"resources": {"cpu": 4096, "gpu": 0}}, "resources.cpu must be"),
+             "cpus": ({"resources": {"cpu": (os.cpu_count() or 1) + 1, "gpu": 0}},
+                      "this machine can never run it"),
+             "empty": ({"datasets": ["pneumoniamnist"]}, "pneumoniamnist: the train split is "
+                                                         "empty")}
+    for name, (change, text) in cases.items():
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump({**GOOD, "name": name, **change}))
+        out = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--spec", str(spec),
+                              "--out", str(tmp_path / name), "--data-dir",
+                              str(tmp_path / "data"), "--no-wandb", "--no-verify"],
+                             capture_output=True, text=True, timeout=300, env=env)
+        lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert len(lines) == 1 and text in lines[0], lines
+        assert not (tmp_path / name).exists()
+        assert "ray" not in out.stdout.lower()
