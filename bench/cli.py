@@ -64,7 +64,37 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-@app.command()
+class _TrainCommand(typer.core.TyperCommand):
+    """`medbench train` whose --help shows each option's real default (TrainConfig's).
+
+    Why not as the options' defaults: they stay None so that an option left out does not
+    replace a --preset or --config value (precedence: defaults < preset < config file <
+    options < --set). And why only while printing help: reading TrainConfig imports torch,
+    seconds that no other command should pay."""
+
+    DESCRIBED = {"out": "runs/train-<dataset>-<model>-s<seed>-<time>"}
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from dataclasses import MISSING, fields
+
+        from bench.train import TrainConfig
+
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        saved = [(p, p.default, p.show_default) for p in self.params]
+        try:  # shown, then put back: parsing must still see None for an option left out
+            for param in self.params:
+                name = param.name or ""
+                if param.default is None and name in defaults:
+                    param.default, param.show_default = defaults[name], True
+                elif param.default is None and name in self.DESCRIBED:
+                    param.show_default = self.DESCRIBED[name]
+            super().format_help(ctx, formatter)
+        finally:
+            for param, default, show in saved:
+                param.default, param.show_default = default, show
+
+
+@app.command(cls=_TrainCommand)
 def train(
     dataset: Annotated[str | None, typer.Option(help="MedMNIST flag, e.g. breastmnist")] = None,
     model: Annotated[str | None, typer.Option(help="model family (see `medbench models`)")] = None,
@@ -94,7 +124,8 @@ def train(
 ) -> None:
     """Train one model on one dataset and write a run directory (with --seeds: one per seed,
     plus final.parquet, so `medbench leaderboard` and `report` read it like a `medbench run`).
-    Options left out take the defaults that --list-options shows (or the preset's)."""
+    Options left out take the defaults shown (--list-options lists them all), unless --preset
+    or --config sets them; options given override both, and --set overrides everything."""
     if list_options:
         typer.echo(training_options_text())
         return
