@@ -31,6 +31,16 @@ def epochs_for(trial_images: int, n_train: int, min_epochs: int = 1,
     return int(min(max_epochs, max(min_epochs, math.ceil(trial_images / n_train))))
 
 
+def final_epochs(trial_epochs: int, fidelity: dict[str, Any]) -> int:
+    """Epochs of a final seed: `fidelity.final_factor` times a full-fidelity trial's, capped by
+    `fidelity.max_epochs`. A search trial is kept short so that many configurations fit the
+    budget; the chosen configuration is trained `final_seeds` times only, so a longer schedule
+    costs little there (the best-validation epoch is still the one kept and scored)."""
+    factor = float(fidelity.get("final_factor", 1)) if fidelity else 1.0
+    cap = int(fidelity.get("max_epochs", 1000)) if fidelity else trial_epochs
+    return max(trial_epochs, min(cap, math.ceil(trial_epochs * factor)))
+
+
 def search_wall_s(budget_s: float) -> float:
     """Wall seconds of a dataset's search phase (0: no limit). All Tuners of the dataset run
     side by side for that long and share every trial slot, so the search spends

@@ -205,10 +205,14 @@ def selection_jobs(spec: Spec, candidates: dict[tuple[str, str], list[dict]]) ->
 
 
 def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict]) -> list[dict]:
-    """Each chosen config on `final_seeds` fresh seeds (never a seed the search used)."""
+    """Each chosen config on `final_seeds` fresh seeds (never a seed the search used), trained
+    `fidelity.final_factor` times a search trial's epochs (bench.budget.final_epochs)."""
+    from bench.budget import final_epochs
+
     jobs = []
     for cfg in configs.values():
         epochs = cfg.get("epochs") or spec.budget(cfg["model"])["max_epochs"]
+        epochs = final_epochs(int(epochs), spec.fidelity)
         jobs += [{**cfg, "seed": spec.final_seed_base + k, "phase": "final", "epochs": epochs}
                  for k in range(spec.final_seeds)]
     return jobs
@@ -359,10 +363,8 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
     remote = ray.remote(num_cpus=0)(run_experiment)
     cluster = ray.cluster_resources()
     cap = concurrent_experiments(spec, cluster)
-    if spec.budget_s and not spec.max_concurrent_experiments:
-        # a dataset's Tuners run together for its search phase and share the trial slots
-        cap = max(cap, max(sum(d == flag for d, _ in spec.pairs()) for flag in spec.datasets))
-    if cap < len(spec.pairs()):
+    by_dataset = bool(spec.budget_s and not spec.max_concurrent_experiments)
+    if cap < len(spec.pairs()) and not by_dataset:
         echo(f"{len(spec.pairs())} experiments, {cap} at a time (max_concurrent_experiments)")
     plans = plan_pairs(spec, n_train)
     if spec.budget_s:
@@ -379,7 +381,15 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
         return lambda: remote.remote(spec.to_dict(), d, f, storage, data_ref, tracker, board,
                                      faults, plans[(d, f)])
 
-    results = _wait_all([starter(d, f) for d, f in spec.pairs()], board, echo, t0, cap=cap)
+    if by_dataset:
+        # one dataset at a time: its Tuners share every slot for its whole search phase, and
+        # a family that ends early (mlp) leaves its slots to that dataset's other families
+        # rather than to the next dataset's Tuners, so each dataset gets the budget it planned
+        results = [rows for flag in spec.datasets for rows in _wait_all(
+            [starter(d, f) for d, f in spec.pairs() if d == flag], board, echo, t0)]
+    else:
+        results = _wait_all([starter(d, f) for d, f in spec.pairs()], board, echo, t0,
+                            cap=cap)
     out: dict[str, list[dict]] = {"trials": [row for rows in results for row in rows],
                                   "selection": [], "final": []}
     if not final or not spec.final_seeds:

@@ -189,10 +189,11 @@ class Spec:
     overrides: dict[str, dict] = field(default_factory=dict)  # family -> {param: def}
     budgets: dict[str, dict] = field(default_factory=dict)  # family -> smaller/larger budget
     # Compute budgets (bench/budget.py). `fidelity`: {trial_images, min_epochs, max_epochs,
-    # grace_fraction}: trials train for images seen, not epochs (then max_epochs/grace_period
-    # above are unused). `budget_s`: wall seconds per dataset on the run's resources (search,
-    # selection, final). `portfolio`: start configurations per family (bench/portfolio.py).
-    # `selection`: {top_k, seeds} re-runs of the best trials before the final phase.
+    # grace_fraction, final_factor}: trials train for images seen, not epochs (then
+    # max_epochs/grace_period above are unused). `budget_s`: wall seconds per dataset on the
+    # run's resources (search, selection, final). `portfolio`: start configurations per
+    # family (bench/portfolio.py). `selection`: {top_k, seeds} re-runs of the best trials
+    # before the final phase.
     fidelity: dict[str, float] = field(default_factory=dict)
     budget_s: float = 0
     portfolio: int = 0
@@ -544,10 +545,12 @@ def _check_budget_fields(spec: Spec, where: str) -> None:
             raise UserError(f"{where}: {key} must be a mapping")
     f = spec.fidelity
     if f:
-        extra = set(f) - {"trial_images", "min_epochs", "max_epochs", "grace_fraction"}
+        extra = set(f) - {"trial_images", "min_epochs", "max_epochs", "grace_fraction",
+                          "final_factor"}
         if extra or "trial_images" not in f:
             raise UserError(f"{where}: fidelity takes trial_images (required), min_epochs, "
-                            f"max_epochs, grace_fraction (got {sorted(f)})")
+                            f"max_epochs, grace_fraction, final_factor (got {sorted(f)})")
+        num(f.get("final_factor", 1), "fidelity.final_factor", 1, 20)
         num(f["trial_images"], "fidelity.trial_images", 1, 1e10)
         lo = num(f.get("min_epochs", 1), "fidelity.min_epochs", 1, 10_000)
         num(f.get("max_epochs", 1000), "fidelity.max_epochs", lo, 10_000)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.budget import SEARCH_FRACTION, accounting, epochs_for, search_wall_s
+from bench.budget import SEARCH_FRACTION, accounting, epochs_for, final_epochs, search_wall_s
 from bench.data import all_flags
 from bench.portfolio import fits, load_entries, start_points
 from bench.selection import choose_configs, pick_entries, score, top_candidates
@@ -29,6 +29,17 @@ from bench.spaces import build_spec, load_family_space
 ])
 def test_epochs_for_turns_images_into_whole_epochs(images, n_train, lo, hi, want):
     assert epochs_for(images, n_train, lo, hi) == want
+
+
+@pytest.mark.parametrize(("trial", "fidelity", "want"), [
+    (9, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 18),
+    (74, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 100),  # capped
+    (9, {"trial_images": 1}, 9),                      # no factor: as long as a trial
+    (9, {}, 9),                                       # no fidelity at all
+    (120, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 120),  # never shorter
+])
+def test_final_seeds_train_final_factor_times_a_trial(trial, fidelity, want):
+    assert final_epochs(trial, fidelity) == want
 
 
 def test_search_phase_is_a_share_of_the_dataset_budget():
@@ -58,6 +69,7 @@ def test_budget_accounting_per_dataset_and_phase():
     ("fidelity", {"trial_images": 100, "min_epochs": 5, "max_epochs": 2}, "max_epochs"),
     ("fidelity", {"trial_images": 100, "grace_fraction": 2}, "grace_fraction"),
     ("fidelity", {"trial_images": 100, "epochs": 3}, "fidelity takes"),
+    ("fidelity", {"trial_images": 100, "final_factor": 0.5}, "final_factor"),
     ("budget_s", -1, "budget_s"),
     ("budget_s", "ten", "budget_s"),
     ("portfolio", -1, "portfolio"),
@@ -194,6 +206,7 @@ def test_budgeted_search_starts_from_the_portfolio_selects_and_accounts(tmp_path
 
     data = tmp_path / "data"
     write_synthetic("breastmnist", data, n=(64, 32, 32), seed=0)
+    write_synthetic("retinamnist", data, n=(64, 32, 32), seed=1)
     pf = tmp_path / "portfolio.yaml"
     pf.write_text(yaml.safe_dump({"entries": [
         {"id": "ok", "family": "mlp", "found_on": ["retinamnist"],
@@ -202,9 +215,10 @@ def test_budgeted_search_starts_from_the_portfolio_selects_and_accounts(tmp_path
          "config": {"hidden": 256, "layers": 1, "lr": 0.0321, "batch_size": 64}}]}))
     monkeypatch.setattr(portfolio, "portfolio_file", lambda: pf)
     spec = build_spec({
-        "name": "budgeted", "datasets": ["breastmnist"], "families": ["mlp"],
+        "name": "budgeted", "datasets": ["breastmnist", "retinamnist"], "families": ["mlp"],
         "searcher": "optuna", "num_samples": 3, "scheduler": "asha", "verify_md5": False,
-        "fidelity": {"trial_images": 128, "min_epochs": 1, "grace_fraction": 0.5},
+        "fidelity": {"trial_images": 128, "min_epochs": 1, "grace_fraction": 0.5,
+                     "final_factor": 3, "max_epochs": 5},
         "budget_s": 600, "portfolio": 2, "selection": {"top_k": 2, "seeds": 1},
         "final_seeds": 2, "resources": {"cpu": 1, "gpu": 0}})
     init_ray(None, num_cpus=2)
@@ -215,7 +229,13 @@ def test_budgeted_search_starts_from_the_portfolio_selects_and_accounts(tmp_path
     finally:
         ray.shutdown()
     run = tmp_path / "run"
-    trials = pd.read_parquet(run / "trials.parquet")
+    both = pd.read_parquet(run / "trials.parquet")
+    # a budget runs one dataset's search at a time: every breast trial ends before any
+    # retina trial starts (start = finish - wall)
+    started = both["finished_at"] - both["wall_s"]
+    assert both.loc[both.dataset == "breastmnist", "finished_at"].max() \
+        <= started[both.dataset == "retinamnist"].min() + 1
+    trials = both[both.dataset == "breastmnist"]
     configs = [yaml.safe_load(c) if isinstance(c, str) else c for c in trials["config"]]
     configs = [c if isinstance(c, dict) else __import__("json").loads(c) for c in configs]
     assert configs[0]["lr"] == 0.0123 and configs[0]["hidden"] == 1024  # evaluated first
@@ -225,10 +245,15 @@ def test_budgeted_search_starts_from_the_portfolio_selects_and_accounts(tmp_path
     hist = __import__("json").loads(hist) if isinstance(hist, str) else hist
     assert "breastmnist/mlp: starts from 1 portfolio" in "\n".join(lines)
     sel = pd.read_parquet(run / "selection.parquet")
+    sel = sel[sel.dataset == "breastmnist"]
     assert len(sel) == 2 and set(sel["seed"]) == {1}
     assert set(sel["candidate"]) <= set(trials["trial_id"])
     final = pd.read_parquet(run / "final.parquet")
-    assert len(final) == 2 and (final["status"] == "ok").all()
+    assert len(final) == 4 and (final["status"] == "ok").all()
+    # final seeds train final_factor x a trial's 2 epochs, capped at max_epochs
+    assert (final["epochs_run"] == 5).all()
+    sel_epochs = pd.read_parquet(run / "selection.parquet")["epochs_run"]
+    assert (sel_epochs == 2).all()  # selection re-runs stay at the trials' fidelity
     b = meta["budget"]["datasets"]["breastmnist"]
     assert b["planned_device_s"] == 600 * meta["budget"]["slots"]
     assert b["search_device_s"] == pytest.approx(pd.to_numeric(trials["device_s"]).sum())
