@@ -155,6 +155,20 @@ def file_status(flag: str, size: int = 28, data_dir: str | Path | None = None) -
 
 # --- fetching ----------------------------------------------------------------------------------
 
+def _download_progress():
+    """A progress bar (bytes, speed, time left) on stderr when stderr is a terminal, and
+    nothing otherwise: the larger files take minutes, but CI logs want no redrawn bars.
+    `rich`, as the run's progress board (`bench.progress`) uses."""
+    import sys
+
+    from rich import progress as rp
+    from rich.console import Console
+
+    return rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
+                       rp.TransferSpeedColumn(), rp.TimeRemainingColumn(),
+                       console=Console(stderr=True), disable=not sys.stderr.isatty())
+
+
 def download(flag: str, size: int, data_dir: str | Path | None = None, timeout: float = 30) -> Path:
     """Fetch the official file from Zenodo (what medmnist's own download does, without
     torchvision), verify its md5, and move it into place only when it is right."""
@@ -163,9 +177,13 @@ def download(flag: str, size: int, data_dir: str | Path | None = None, timeout: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     try:
-        with urllib.request.urlopen(info.url(size), timeout=timeout) as r, open(tmp, "wb") as f:
+        with urllib.request.urlopen(info.url(size), timeout=timeout) as r, open(tmp, "wb") as f, \
+                _download_progress() as bar:
+            total = int(r.headers.get("Content-Length") or 0) or None  # None: size unknown
+            task = bar.add_task(f"{path.name} from Zenodo", total=total)
             while chunk := r.read(1 << 20):
                 f.write(chunk)
+                bar.advance(task, len(chunk))
         if file_md5(tmp) != info.md5(size):
             raise OSError("downloaded file has the wrong md5")
         os.replace(tmp, path)

@@ -39,9 +39,6 @@ def medbench_run(tmp_path: Path) -> subprocess.CompletedProcess[str]:
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-@pytest.mark.xfail(strict=False, reason="known bug (issue 10, open): a search trial that Tune "
-                   "ends at an ASHA rung can lose its W&B record (worker killed before the "
-                   "offline run is written); 2 of 4 records seen in the last run")
 def test_every_trial_and_final_run_is_complete_and_resume_adds_none(tmp_path):
     from bench.data import write_synthetic
 
