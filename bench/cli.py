@@ -163,19 +163,16 @@ def train(
     from dataclasses import replace
 
     from bench.leaderboard import build_leaderboard, format_board
-    from bench.results import FINAL_COLUMNS, write_table
+    from bench.results import FINAL_COLUMNS, final_row, final_run_dir, write_table
 
     rows = []
     for s in seed_list:
         typer.echo(f"--- seed {s} ---")
-        rel = Path("final") / conf.dataset / conf.model / f"seed{s}"
         seed_conf = replace(conf, seed=s)
-        result = _train_one(seed_conf, data, out / rel)
-        rows.append({"dataset": conf.dataset, "family": conf.model, "seed": s,
-                     "size": conf.size, "config": seed_conf.to_dict(),
-                     "history": result.history, **{k: v for k, v in result.summary().items()
-                                                   if k in FINAL_COLUMNS},
-                     "device_s": result.wall_s, "run_dir": str(rel), "status": "ok"})
+        result = _train_one(seed_conf, data, out / final_run_dir(conf.dataset, conf.model, s))
+        # one device for the whole run: its device-seconds are its wall seconds
+        rows.append(final_row(seed_conf.to_dict(), {**result.summary(), "history": result.history,
+                                                    "device_s": result.wall_s}))
     write_table(out / "final.parquet", rows, FINAL_COLUMNS)
     typer.echo(format_board(build_leaderboard(out)))
     typer.echo(f"run directory: {out}  (medbench leaderboard / report read it)")

@@ -46,6 +46,34 @@ FINAL_COLUMNS = [
 ]
 
 
+# what a finished final run adds to its row (the rest comes from its config)
+FINAL_RESULT_KEYS = ("val_auc", "val_acc", "test_auc", "test_acc", "best_epoch", "epochs_run",
+                     "train_images_per_s", "history", "wall_s", "device_s")
+
+
+def final_run_dir(dataset: str, family: str, seed: int) -> Path:
+    """Where a final seed's training-run directory lives, relative to the run directory."""
+    return Path("final") / dataset / family / f"seed{seed}"
+
+
+def final_row(config: dict[str, Any], result: dict[str, Any] | None = None,
+              error: str | None = None) -> dict[str, Any]:
+    """One final.parquet row (FINAL_COLUMNS), the only place such a row is built: for the
+    final seeds of `medbench run` (bench.search.run_final) and for `medbench train --seeds`,
+    so the leaderboard and the report read both the same way.
+
+    `config` is the seed's training config (it names dataset, model, size and seed);
+    `result` the finished run's metrics, history, wall_s and device_s (None when it failed or
+    left no checkpoint: the row then says only what was asked and why it failed)."""
+    dataset, family, seed = config["dataset"], config["model"], config["seed"]
+    row = {"dataset": dataset, "family": family, "seed": seed, "size": config["size"],
+           "config": config, "run_dir": str(final_run_dir(dataset, family, seed)),
+           "status": "failed" if error else "ok", "error": error}
+    if result is not None:
+        row.update({k: result.get(k) for k in FINAL_RESULT_KEYS})
+    return row
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

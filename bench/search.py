@@ -27,6 +27,7 @@ from typing import Any
 from bench import progress
 from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
+from bench.results import final_row
 from bench.spaces import Spec, to_tune
 from bench.tracking import trial_runs_callback
 from bench.trial import DRIVER_RESOURCES, faults_from_env, trial_fn
@@ -239,23 +240,20 @@ def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
     for r in tuner.fit():
         job = dict(r.config["job"])
         candidate = job.pop("candidate", None)
-        rel = Path("final") / job["dataset"] / job["model"] / f"seed{job['seed']}"
-        row = {"dataset": job["dataset"], "family": job["model"], "seed": job["seed"],
-               "size": job["size"], "config": {k: v for k, v in job.items() if k != "phase"},
-               "run_dir": str(rel), "status": "failed" if r.error else "ok",
-               "error": str(r.error).strip().splitlines()[-1][:500] if r.error else None}
-        if candidate is not None:
+        finished = bool(not r.error and r.metrics
+                        and (candidate is not None or r.checkpoint is not None))
+        result = None
+        if finished:
+            m = r.metrics
+            result = {**m, "history": _history(r), "wall_s": m.get("time_total_s"),
+                      "device_s": float(m.get("time_total_s", 0)) * _device_count(res)}
+        row = final_row({k: v for k, v in job.items() if k != "phase"}, result,
+                        str(r.error).strip().splitlines()[-1][:500] if r.error else None)
+        if candidate is not None:  # a selection re-run: its candidate, no run directory
             row["candidate"] = candidate
             del row["run_dir"]
-        if not r.error and r.metrics and (candidate is not None or r.checkpoint is not None):
-            m = r.metrics
-            row.update({k: m.get(k) for k in ("val_auc", "val_acc", "test_auc", "test_acc",
-                                              "best_epoch", "epochs_run", "train_images_per_s")})
-            row.update(history=_history(r), wall_s=m.get("time_total_s"),
-                       device_s=float(m.get("time_total_s", 0)) * _device_count(res),
-                       checkpoint=r.checkpoint)
-            if candidate is not None:
-                row.pop("checkpoint")
+        elif finished:
+            row["checkpoint"] = r.checkpoint
         rows.append(row)
     return rows
 

@@ -14,7 +14,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.results import atomic_write, read_table, write_csv, write_json, write_table, write_text
+from bench.results import (
+    FINAL_COLUMNS,
+    atomic_write,
+    final_row,
+    read_table,
+    write_csv,
+    write_json,
+    write_table,
+    write_text,
+)
 
 OLD = "old complete content\n" * 50
 
@@ -119,3 +128,36 @@ def test_writers_round_trip(tmp_path: Path) -> None:
     write_json(tmp_path / "m.json", {"b": 1, "a": 2})
     assert (tmp_path / "m.json").read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "m.json", "t.parquet"]
+
+
+# --- final.parquet rows: one builder for `medbench run` and `medbench train --seeds` ----------
+
+SEED_CONFIG = {"dataset": "breastmnist", "model": "cnn_small", "seed": 1001, "size": 28,
+               "lr": 0.01, "epochs": 3}
+
+
+def test_final_row_of_a_finished_seed_names_its_run_directory_and_keeps_its_metrics(
+        tmp_path: Path) -> None:
+    result = {"val_auc": 0.9, "val_acc": 0.8, "test_auc": 0.85, "test_acc": 0.75,
+              "best_epoch": 2, "epochs_run": 3, "train_images_per_s": 1500.0,
+              "history": [{"epoch": 1, "val_auc": 0.7}], "wall_s": 12.5, "device_s": 25.0,
+              "device": "cpu", "n_params": 1234, "time_total_s": 12.5}  # extra keys dropped
+    row = final_row(SEED_CONFIG, result)
+    assert set(row) <= set(FINAL_COLUMNS)
+    assert (row["dataset"], row["family"], row["seed"], row["size"]) == \
+        ("breastmnist", "cnn_small", 1001, 28)
+    assert row["run_dir"] == str(Path("final") / "breastmnist" / "cnn_small" / "seed1001")
+    assert (row["status"], row["error"], row["config"]) == ("ok", None, SEED_CONFIG)
+    assert {k: row[k] for k in ("val_auc", "test_acc", "best_epoch", "wall_s", "device_s")} == \
+        {"val_auc": 0.9, "test_acc": 0.75, "best_epoch": 2, "wall_s": 12.5, "device_s": 25.0}
+    write_table(tmp_path / "final.parquet", [row], FINAL_COLUMNS)
+    back = read_table(tmp_path / "final.parquet").iloc[0]
+    assert back["test_auc"] == 0.85 and json.loads(back["history"]) == result["history"]
+    assert json.loads(back["config"]) == SEED_CONFIG
+
+
+def test_final_row_of_a_failed_seed_says_why_and_has_no_metrics() -> None:
+    row = final_row(SEED_CONFIG, None, "RuntimeError: out of memory")
+    assert (row["status"], row["error"]) == ("failed", "RuntimeError: out of memory")
+    assert not {"val_auc", "test_auc", "history", "wall_s"} & set(row)
+    assert row["run_dir"].endswith("seed1001")
