@@ -275,8 +275,35 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Embedded local Ray by default; `auto` or an address joins a cluster, and so does a job
-    started by `ray job submit` (which sets RAY_ADDRESS)."""
+    """Embedded local Ray by default, bound to loopback (`bind_local_ray`); `auto` or an
+    address joins a cluster, and so does a job started by `ray job submit` (which sets
+    RAY_ADDRESS)."""
+BIND_ENV = "MEDBENCH_RAY_BIND"  # loopback (default) | node: where a local run's Ray listens
+
+
+def bind_local_ray(mode: str | None = None) -> bool:
+    """Make the embedded Ray node listen on 127.0.0.1 only (GCS, raylet and object manager,
+    workers, dashboard and runtime-env agents): a laptop run has no reason to be reachable
+    from the network. Returns True when loopback was set.
+
+    Ray 2.60 rewrites `_node_ip_address="127.0.0.1"` to the routable IP
+    (`services.resolve_ip_for_localhost`) unless its macOS/Windows switch is off
+    (`ray_constants.ENABLE_RAY_CLUSTER`, env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); then the
+    node IP is 127.0.0.1 and every Ray server binds it. The constant is read when Ray is
+    imported, so it is set both here (this process) and in the environment (Ray's child
+    processes). `MEDBENCH_RAY_BIND=node` keeps Ray's default (the routable IP)."""
+    from ray._private import ray_constants
+
+    mode = mode or os.environ.get(BIND_ENV) or "loopback"
+    if mode not in ("loopback", "node"):
+        raise UserError(f"${BIND_ENV}={mode!r}: use 'loopback' (the default: a local run "
+                        "listens on 127.0.0.1 only) or 'node' (Ray's routable node IP)")
+    loopback = mode == "loopback"
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0" if loopback else "1"
+    ray_constants.ENABLE_RAY_CLUSTER = not loopback
+    return loopback
+
+
     import ray
 
     if ray.is_initialized():
@@ -286,6 +313,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         _probe(address)
         try:
+    if address or os.environ.get("RAY_ADDRESS"):  # this node must be reachable by the cluster
+        bind_local_ray("node")
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot reach a Ray cluster at {address!r} ({e}); start one "
@@ -296,8 +325,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      object_store_memory=1 << 30, **kw)
+        bind_local_ray()
         except (ConnectionError, RuntimeError, TimeoutError) as e:  # e.g. node start timed out
             raise RunFailure(f"the local Ray node did not start ({str(e).splitlines()[0]}); "
+                     dashboard_host="127.0.0.1",
                              "an overloaded machine or a full /tmp are the usual causes: retry "
                              "when it is freer, or see /tmp/ray/session_latest/logs") from None
 
