@@ -35,8 +35,10 @@ from bench.leaderboard import (  # noqa: E402
     as_paths,
     build_leaderboard,
     comparable_baselines,
+    format_best_trials,
     format_board,
     format_summary,
+    is_search_only,
     load_scores,
     load_seeds,
     load_trials,
@@ -961,13 +963,44 @@ def _audit_md(seeds: pd.DataFrame, figs: Path, rel: str,
     return report_lines(runs, figs, rel, data_dir)
 
 
+def _search_section(paths: list[Path], trials: pd.DataFrame, by_label: dict[str, Path],
+                    figs: Path, rel: str) -> list[str]:
+    """The search part of a report: best-so-far, and per dataset its learning curves,
+    hyperparameter importance and parallel coordinates."""
+    md = ["## Search", ""]
+    progress = fig_trials_progress(trials, figs / "trials_progress.png")
+    if progress:
+        md += ["Best validation AUC so far as trials finished (dots: each trial's own best).",
+               "", f"![best val AUC vs trials]({rel}/{progress.name})", ""]
+    studies = _studies(paths, list(by_label)) if not trials.empty else {}
+    for flag in sorted(trials["dataset"].unique()) if not trials.empty else []:
+        md += _search_md(by_label, trials, flag, studies, figs, rel)
+    return md
+
+
+def write_search_report(paths: list[Path], out_md: Path) -> Path:
+    """The report of `medbench search` directories (no final phase): their best trials and the
+    search figures. No leaderboard, test metrics or verdicts: there are no fresh-seed runs, and
+    the search scored on validation only."""
+    trials = load_trials(paths)
+    figs = out_md.parent / f"{out_md.stem}_figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    md = ["# MedMNIST-Bench report (search only)", "", format_best_trials(paths, fmt="md"), "",
+          *_search_section(paths, trials, dict(zip(run_labels(paths), paths, strict=True)),
+                           figs, figs.name),
+          *_runs_md(paths)]
+    return write_text(out_md, "\n".join(md).rstrip() + "\n")
+
+
 def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
                  data_dir: str | Path | None = None, board: pd.DataFrame | None = None) -> Path:
     """Write the markdown report and its figures; returns the markdown path. Also (re)writes
     each run's studies.db. `data_dir` locates the test images for the misclassified figure;
     `board`: the runs' leaderboard when the caller already built it (its bootstrap is the
-    expensive part)."""
+    expensive part). Search-only directories get a search report (`write_search_report`)."""
     paths, out_md = as_paths(run_dirs), Path(out_md)
+    if paths and board is None and all(is_search_only(p) for p in paths):
+        return write_search_report(paths, out_md)
     board = build_leaderboard(paths, n_boot=n_boot) if board is None else board
     seeds, trials = load_seeds(paths), load_trials(paths)
     by_label = dict(zip(run_labels(paths), paths, strict=True))  # the leaderboard's labels
@@ -984,14 +1017,7 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
     for _, entry in picked.iterrows():
         md += [f"## {entry['dataset']}", "",
                *_dataset_md(board, seeds, entry, figs, rel, data_dir)]
-    md += ["## Search", ""]
-    progress = fig_trials_progress(trials, figs / "trials_progress.png")
-    if progress:
-        md += ["Best validation AUC so far as trials finished (dots: each trial's own best).",
-               "", f"![best val AUC vs trials]({rel}/{progress.name})", ""]
-    studies = _studies(paths, list(by_label)) if not trials.empty else {}
-    for flag in sorted(trials["dataset"].unique()) if not trials.empty else []:
-        md += _search_md(by_label, trials, flag, studies, figs, rel)
+    md += _search_section(paths, trials, by_label, figs, rel)
     if not board.empty:
         md += _cost_md(board, figs, rel)
     md += _audit_md(seeds, figs, rel, data_dir)
