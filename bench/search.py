@@ -230,8 +230,11 @@ def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
         return []
     progress.attach(board)
     res = _resources(spec)
+    # completion records per job (bench.trial.job_label): a finished seed is never retrained
+    done_dir = None if "://" in storage else str(Path(storage) / "completed" / name)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults={}), res)
+        tune.with_parameters(trial_fn, data_ref=data_ref, tracker=tracker, faults={},
+                             done_dir=done_dir), res)
     tuner = _tuner(Path(storage), name, trainable, {"job": tune.grid_search(jobs)},
                    tune.TuneConfig(reuse_actors=True),
                    {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
@@ -274,10 +277,6 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                         "(`ray start --head`) or drop --address for a local run") from None
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Embedded local Ray by default, bound to loopback (`bind_local_ray`); `auto` or an
-    address joins a cluster, and so does a job started by `ray job submit` (which sets
-    RAY_ADDRESS)."""
 BIND_ENV = "MEDBENCH_RAY_BIND"  # loopback (default) | node: where a local run's Ray listens
 
 
@@ -304,17 +303,21 @@ def bind_local_ray(mode: str | None = None) -> bool:
     return loopback
 
 
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Embedded local Ray by default, bound to loopback (`bind_local_ray`); `auto` or an
+    address joins a cluster, and so does a job started by `ray job submit` (which sets
+    RAY_ADDRESS)."""
     import ray
 
     if ray.is_initialized():
         return
     kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": True,
                           "logging_level": "ERROR"}
+    if address or os.environ.get("RAY_ADDRESS"):  # this node must be reachable by the cluster
+        bind_local_ray("node")
     if address:
         _probe(address)
         try:
-    if address or os.environ.get("RAY_ADDRESS"):  # this node must be reachable by the cluster
-        bind_local_ray("node")
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot reach a Ray cluster at {address!r} ({e}); start one "
@@ -322,13 +325,13 @@ def bind_local_ray(mode: str | None = None) -> bool:
     elif os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join that cluster
         ray.init(**kw)
     else:  # "local": never join a cluster some earlier `ray start` left running
+        bind_local_ray()
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     dashboard_host="127.0.0.1",
                      object_store_memory=1 << 30, **kw)
-        bind_local_ray()
         except (ConnectionError, RuntimeError, TimeoutError) as e:  # e.g. node start timed out
             raise RunFailure(f"the local Ray node did not start ({str(e).splitlines()[0]}); "
-                     dashboard_host="127.0.0.1",
                              "an overloaded machine or a full /tmp are the usual causes: retry "
                              "when it is freer, or see /tmp/ray/session_latest/logs") from None
 

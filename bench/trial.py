@@ -86,16 +86,32 @@ def _maybe_fail(faults: dict, trial_id: str) -> None:
 
 
 def _trace(event: str, trial_id: str) -> None:
-    """Append `event trial_id` to $MEDBENCH_TRACE (tests count starts and finishes)."""
+    """Append `event trial_id` to $MEDBENCH_TRACE (tests count starts and finishes). Selection
+    and final trials are named by their job (`job_label`), which a restart never changes."""
     path = os.environ.get(TRACE_ENV)
     if path:
         with open(path, "a") as f:
             f.write(f"{event} {trial_id}\n")
 
 
+def job_label(job: dict) -> str:
+    """A selection or final trial's name that survives any restart (Tune's trial ids do not
+    when its Tuner is created anew): phase, dataset, model, seed, and for a selection re-run
+    its candidate, plus a digest of the whole job (a resumed run with another chosen config
+    must not match)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
+    parts = [job.get("phase", "search"), job.get("dataset"), job.get("model"),
+             f"seed{job.get('seed')}", job.get("candidate"), digest[:12]]
+    return ":".join(str(p) for p in parts if p is not None)
+
+
 def _replay(record: Path | None, job: dict) -> bool:
-    """Re-report a finished search trial's epochs from its completion record (see trial_fn).
-    False when there is none, or it belongs to another config (a reused trial id)."""
+    """Re-report a finished trial's reports from its completion record (see trial_fn); a final
+    trial's last report carries its training-run directory, kept beside the record, as the
+    checkpoint again. False when there is none, or it belongs to another config (a reused
+    trial id)."""
     from ray import tune
 
     if record is None or not record.exists():
@@ -103,9 +119,36 @@ def _replay(record: Path | None, job: dict) -> bool:
     done = json.loads(record.read_text())
     if done.get("config") != json.loads(json.dumps(job, default=str)):
         return False
-    for rec, iter_s in done["reports"]:
-        tune.report({**rec, "time_this_iter_s": iter_s})  # keeps the trial's wall time
+    saved = record.with_suffix("") if done.get("checkpoint") else None
+    if saved is not None and not saved.is_dir():
+        return False
+    for i, (rec, iter_s) in enumerate(done["reports"]):
+        last = i == len(done["reports"]) - 1
+        tune.report({**rec, "time_this_iter_s": iter_s},  # keeps the trial's wall time
+                    checkpoint=tune.Checkpoint.from_directory(str(saved))
+                    if last and saved is not None else None)
     return True
+
+
+def _record_final(record: Path, job: dict, report: dict, run_dir: Path | None,
+                  wall_s: float) -> None:
+    """A selection or final trial's completion record, written before its one report: the
+    report, and (final) its training-run directory moved beside the record (`<record>/`)."""
+    from bench.results import write_json
+
+    if run_dir is not None:
+        import shutil
+
+        dest = record.with_suffix("")
+        tmp = dest.with_name(dest.name + ".tmp")
+        for old in (dest, tmp):  # left by an attempt that died before its record
+            if old.exists():
+                shutil.rmtree(old)
+        shutil.copytree(run_dir, tmp)
+        os.replace(tmp, dest)
+    plain = {k: v.item() if hasattr(v, "item") else v for k, v in report.items()}
+    write_json(record, {"config": job, "reports": [(plain, wall_s)],
+                        "checkpoint": run_dir is not None})
 
 
 def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
@@ -118,21 +161,28 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
     just before that report: ASHA stops every trial at `max_t` inside that `tune.report`, so
     trial_fn never returns for it, and Tune saves its own experiment state only every ~10 s.
     After any stop (SIGKILL, SIGTERM, a lost node) Tune may start such a trial again; with a
-    record it replays its reports instead of training again (exactly once)."""
+    record it replays its reports instead of training again (exactly once). Selection and
+    final trials do the same with one record per job (`job_label`: their Tuner may be made
+    anew, with new trial ids), a final one keeping its training-run directory beside it."""
     from ray import tune
 
     from bench.results import write_json, write_training_run
     from bench.train import TrainConfig, fit
 
     job = dict(config.get("job", config))
+    label = job_label(job)
     phase = job.pop("phase", "search")
     job.pop("candidate", None)  # a selection re-run's bookkeeping, not a training option
     trial_id = tune.get_context().get_trial_id()
-    record = Path(done_dir) / f"{trial_id}.json" if done_dir and phase == "search" else None
+    record = None
+    if done_dir:
+        record = Path(done_dir) / f"{trial_id if phase == 'search' else label}.json"
+    if phase != "search":
+        trial_id = label  # the trace names the job, which a restart keeps
     if _replay(record, job):
         _trace("replay", trial_id)
         return
-    t_last = time.perf_counter()
+    t_start = t_last = time.perf_counter()
     reports: list = []
     _trace("start", trial_id)
     _maybe_fail(faults, trial_id)
@@ -169,17 +219,23 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
 
         result = fit(conf, data, on_epoch=on_epoch)
         run.finish(result.summary())
-    if record is not None and not record.exists():  # ended before its last epoch
+    if phase == "search" and record is not None and not record.exists():  # ended early
         write_json(record, {"config": job, "reports": reports})
+    summary = {**result.summary(), "epoch": len(result.history)}
     if phase == "select":  # a selection re-run: only its summary is needed
-        tune.report({**result.summary(), "epoch": len(result.history)})
+        if record is not None:
+            _record_final(record, job, summary, None, time.perf_counter() - t_start)
+            _trace("record", trial_id)
+        tune.report(summary)
     if phase == "final":
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
             write_training_run(out, conf.to_dict(), data.info, conf.size, result,
                                run=f"{conf.model}-seed{conf.seed}")
-            tune.report({**result.summary(), "epoch": len(result.history)},
-                        checkpoint=tune.Checkpoint.from_directory(str(out)))
+            if record is not None:
+                _record_final(record, job, summary, out, time.perf_counter() - t_start)
+                _trace("record", trial_id)
+            tune.report(summary, checkpoint=tune.Checkpoint.from_directory(str(out)))
     _trace("finish", trial_id)
 
 
