@@ -29,7 +29,10 @@ Why it is shaped this way:
   it has neither our offline default, our run ids nor our grouping. wandb 0.31 keeps several
   runs open in one process (``reinit="create_new"``, logging through each ``Run`` object), so one
   process holds the runs of all its Tuner's running trials. We keep Ray's conventions: one run per
-  trial, its id from the trial id (``resume="allow"``), so a restarted trial continues its run.
+  trial, its id from the trial id (``resume="allow"``), so a restarted trial continues its run
+  (offline, a trial restarted by a resumed Tuner writes a second offline directory under the same
+  id; a trial retried within one Tuner stays in its run). A resumed Tuner gives no events for
+  trials it restored as finished, so their runs are left alone.
 * Final and selection runs are still logged inside their trial: nothing stops those early, and
   each finishes its run before its last ``tune.report``. For runs a process still holds when it
   exits, the first run it starts registers :func:`_finish_open_runs` with ``atexit`` *after*
