@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -298,43 +300,74 @@ def perf(
              echo=typer.echo)
 
 
-SpecFile = Annotated[Path | None, typer.Option("--spec", help="experiment spec YAML")]
-# Options shared by `search` and `run` (one definition each).
-Preset = Annotated[str | None, typer.Option(help="smoke | quick | standard | full | breast-recipe")]
-Datasets = Annotated[str | None, typer.Option(help="comma-separated flags")]
-Families = Annotated[str | None, typer.Option(help="comma-separated model families")]
-RunName = Annotated[str | None, typer.Option(help="run name (same name = resume)")]
-RunOut = Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")]
-Storage = Annotated[str | None, typer.Option(help="Tune storage: path, s3:// or gs://")]
-Address = Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")]
-Wandb = Annotated[bool, typer.Option("--wandb/--no-wandb",
-                                     help="W&B logging (offline unless WANDB_API_KEY is set)")]
-NumSamples = Annotated[int | None, typer.Option(help="trials per experiment")]
-MaxEpochs = Annotated[int | None, typer.Option()]
-Searcher = Annotated[str | None, typer.Option(help="random | optuna")]
+@dataclass
+class ExperimentOptions:
+    """The options `search` and `run` share, declared once: each command's signature is built
+    from these fields (see `experiment_command`) and its body gets one object."""
+
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="experiment spec YAML")] = None
+    preset: Annotated[str | None, typer.Option(
+        help="smoke | quick | standard | full | breast-recipe")] = None
+    datasets: Annotated[str | None, typer.Option(help="comma-separated flags")] = None
+    families: Annotated[str | None, typer.Option(help="comma-separated model families")] = None
+    name: Annotated[str | None, typer.Option(help="run name (same name = resume)")] = None
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None
+    storage: Annotated[str | None, typer.Option(
+        help="Tune storage: path, s3:// or gs://")] = None
+    address: Annotated[str | None, typer.Option(help="Ray cluster address, e.g. auto")] = None
+    data_dir: DataDir = None
+    wandb: Annotated[bool, typer.Option(
+        "--wandb/--no-wandb", help="W&B logging (offline unless WANDB_API_KEY is set)")] = True
+    no_verify: NoVerify = False
+    num_samples: Annotated[int | None, typer.Option(help="trials per experiment")] = None
+    max_epochs: Annotated[int | None, typer.Option()] = None
+    searcher: Annotated[str | None, typer.Option(help="random | optuna")] = None
 
 
-def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None,
-                families: str | None, name: str | None, out: Path | None, storage: str | None,
-                address: str | None, data_dir: Path | None, wandb: bool, no_verify: bool,
-                num_samples: int | None, max_epochs: int | None, final_seeds: int | None,
-                searcher: str | None, final: bool, report: Path | None = None) -> Path:
+def experiment_command(body: Callable[..., None]) -> Callable[..., None]:
+    """Register `body(opts: ExperimentOptions, **own_options)` as a command whose options are
+    ExperimentOptions' fields, then `body`'s own: Typer reads the built signature, so the
+    shared options are written once instead of once per command."""
+    import inspect
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    shared = get_type_hints(ExperimentOptions, include_extras=True)
+    own = get_type_hints(body, include_extras=True)
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                annotation=shared[f.name]) for f in fields(ExperimentOptions)]
+    params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own[p.name])
+               for p in list(inspect.signature(body).parameters.values())[1:]]
+
+    def command(**kw: Any) -> None:
+        opts = ExperimentOptions(**{f.name: kw.pop(f.name) for f in fields(ExperimentOptions)})
+        body(opts, **kw)
+
+    command.__name__, command.__doc__ = body.__name__, body.__doc__
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return app.command(name=body.__name__)(command)
+
+
+def _experiment(opts: ExperimentOptions, final_seeds: int | None = None, final: bool = True,
+                report: Path | None = None) -> Path:
     """Shared body of `search` and `run`: build the spec, then execute it into a run dir."""
     from bench.experiment import execute, final_table
     from bench.spaces import load_spec
 
-    spec = load_spec(spec_file, preset, datasets=datasets, families=families, name=name,
-                     num_samples=num_samples, max_epochs=max_epochs, final_seeds=final_seeds,
-                     searcher=searcher, verify_md5=False if no_verify else None)
-    run_dir = out or Path("runs") / spec.name
-    meta = execute(spec, run_dir, storage=storage, address=address, data_dir=data_dir,
-                   wandb=wandb, final=final, echo=typer.echo)
+    spec = load_spec(opts.spec_file, opts.preset, datasets=opts.datasets,
+                     families=opts.families, name=opts.name, num_samples=opts.num_samples,
+                     max_epochs=opts.max_epochs, final_seeds=final_seeds,
+                     searcher=opts.searcher, verify_md5=False if opts.no_verify else None)
+    run_dir = opts.out or Path("runs") / spec.name
+    meta = execute(spec, run_dir, storage=opts.storage, address=opts.address,
+                   data_dir=opts.data_dir, wandb=opts.wandb, final=final, echo=typer.echo)
     if final:
         from bench.experiment import publish
 
         typer.echo(final_table(run_dir.resolve()))
-        board, report_md = publish(run_dir, report, wandb=wandb, project=spec.project,
-                                   data_dir=data_dir)
+        board, report_md = publish(run_dir, report, wandb=opts.wandb, project=spec.project,
+                                   data_dir=opts.data_dir)
         typer.echo(board)
         typer.echo(f"report: {report_md}")
     typer.echo(f"run directory: {run_dir}")
@@ -347,52 +380,21 @@ def _experiment(spec_file: Path | None, preset: str | None, datasets: str | None
     return run_dir
 
 
-@app.command()
-def search(
-    spec_file: SpecFile = None,
-    preset: Preset = None,
-    datasets: Datasets = None,
-    families: Families = None,
-    name: RunName = None,
-    out: RunOut = None,
-    storage: Storage = None,
-    address: Address = None,
-    data_dir: DataDir = None,
-    wandb: Wandb = True,
-    no_verify: NoVerify = False,
-    num_samples: NumSamples = None,
-    max_epochs: MaxEpochs = None,
-    searcher: Searcher = None,
-) -> None:
+@experiment_command
+def search(opts: ExperimentOptions) -> None:
     """Only the Ray Tune search phase: one Tuner per (dataset, family)."""
-    _experiment(spec_file, preset, datasets, families, name, out, storage, address, data_dir,
-                wandb, no_verify, num_samples, max_epochs, None, searcher, final=False)
+    _experiment(opts, final=False)
 
 
-@app.command()
+@experiment_command
 def run(
-    spec_file: SpecFile = None,
-    preset: Preset = None,
-    datasets: Datasets = None,
-    families: Families = None,
-    name: RunName = None,
-    out: RunOut = None,
-    storage: Storage = None,
-    address: Address = None,
-    data_dir: DataDir = None,
-    wandb: Wandb = True,
-    no_verify: NoVerify = False,
-    num_samples: NumSamples = None,
-    max_epochs: MaxEpochs = None,
+    opts: ExperimentOptions,
     final_seeds: Annotated[int | None, typer.Option(help="fresh seeds per best config")] = None,
-    searcher: Searcher = None,
     report: Annotated[Path | None, typer.Option(help="report path (default "
                                                 "<run dir>/report.md)")] = None,
 ) -> None:
     """The main job: search -> final seeded runs -> leaderboard -> report."""
-    _experiment(spec_file, preset, datasets, families, name, out, storage, address, data_dir,
-                wandb, no_verify, num_samples, max_epochs, final_seeds, searcher, final=True,
-                report=report)
+    _experiment(opts, final_seeds=final_seeds, final=True, report=report)
 
 
 RunDirs = Annotated[list[Path], typer.Argument(help="run directories (several merge)")]

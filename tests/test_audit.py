@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audit_synth import planted_arrays
+from cli_helpers import invoke
 from typer.testing import CliRunner
 
 from bench import audit as A
@@ -18,13 +19,6 @@ from bench import cli
 from bench.data import dataset_info, synthetic_arrays
 
 runner = CliRunner()
-
-
-def _invoke(*args):
-    result = runner.invoke(cli.app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def _save(folder: Path, flag: str, arrays: dict[str, np.ndarray]) -> Path:
@@ -172,7 +166,7 @@ def test_cli_json_lists_pairs_and_caches_per_md5(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _save(data, "breastmnist", arrays)
     out = tmp_path / "audit.json"
-    r = _invoke("audit", "breastmnist", "--data-dir", data, "--format", "json", "--out", out)
+    r = invoke("audit", "breastmnist", "--data-dir", data, "--format", "json", "--out", out)
     assert r.exit_code == 0, r.output
     (res,) = json.loads(out.read_text())
     exact = res["exact"]["across"]["train-test"]
@@ -197,7 +191,7 @@ def test_cli_markdown_with_figure_and_run_copy(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     out = tmp_path / "rep" / "audit.md"
-    r = _invoke("audit", "breastmnist", "--data-dir", data, "--out", out, "--run", run)
+    r = invoke("audit", "breastmnist", "--data-dir", data, "--out", out, "--run", run)
     assert r.exit_code == 0, r.output
     text = out.read_text()
     assert "| breastmnist |" in text and "![breastmnist duplicate pairs]" in text
@@ -212,7 +206,7 @@ def test_read_only_data_root_falls_back_to_user_cache(tmp_path: Path) -> None:
     _save(data, "breastmnist", arrays)
     os.chmod(data, 0o555)
     try:
-        r = _invoke("audit", "breastmnist", "--data-dir", data)
+        r = invoke("audit", "breastmnist", "--data-dir", data)
         assert r.exit_code == 0, r.output
         assert not (data / ".medbench-audit").exists()
         user = Path(os.environ["XDG_CACHE_HOME"]) / "medbench" / "audit"

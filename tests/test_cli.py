@@ -19,16 +19,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from cli_helpers import invoke, run_main
 from medmnist.info import INFO
-from typer.testing import CliRunner
 
-from bench import cli
 from bench.data import load_dataset, write_synthetic
 from bench.models import create_model, list_models
 from bench.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,13 +35,6 @@ def _restore_torch_threads() -> Iterator[None]:
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-def _invoke(*args: str):
-    result = runner.invoke(cli.app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 # --- medbench train: the run directory ---------------------------------------------------------
@@ -68,7 +59,7 @@ def _rescore_prediction_csvs(run_dir: Path, flag: str, data_root: Path, run: str
 
 def test_train_writes_a_rescorable_run_directory(synth_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs" / "r1"
-    result = _invoke("train", "--dataset", "organamnist", "--data-dir", synth_dir, "--no-verify",
+    result = invoke("train", "--dataset", "organamnist", "--data-dir", synth_dir, "--no-verify",
                      "--model", "cnn_small", "--epochs", 2, "--batch-size", 32, "--lr", 0.003,
                      "--device", "cpu", "--set", "threads=1", "--out", out)
     assert result.exit_code == 0, result.output + result.stderr
@@ -104,7 +95,7 @@ def test_train_seeds_writes_a_leaderboard_run(synth_dir: Path, tmp_path: Path) -
     """--seeds: one training-run directory per seed plus final.parquet, which `medbench
     leaderboard` reads like a `medbench run` (mean, std, CI, verdicts)."""
     out = tmp_path / "seeds"
-    result = _invoke("train", "--dataset", "organamnist", "--data-dir", synth_dir, "--no-verify",
+    result = invoke("train", "--dataset", "organamnist", "--data-dir", synth_dir, "--no-verify",
                      "--epochs", 1, "--device", "cpu", "--set", "threads=1", "--seeds", "7,8,9",
                      "--out", out)
     assert result.exit_code == 0, result.output + result.stderr
@@ -122,7 +113,7 @@ def test_train_seeds_writes_a_leaderboard_run(synth_dir: Path, tmp_path: Path) -
     mean, std = final["test_acc"].mean(), final["test_acc"].std(ddof=1)
     assert re.search(rf"\| (\*\*cnn_small\*\* \(picked\)|cnn_small) \| 28 \| 3 \| "
                      rf"{mean:.3f} ± {std:.3f} \[", result.output), result.output
-    board = _invoke("leaderboard", out, "--format", "csv")
+    board = invoke("leaderboard", out, "--format", "csv")
     assert board.exit_code == 0, board.output
     row = pd.read_csv(__import__("io").StringIO(board.output)).iloc[0]
     assert row["n_seeds"] == 3 and row["acc_lo"] <= row["test_acc_mean"] <= row["acc_hi"]
@@ -134,7 +125,7 @@ def test_train_from_config_file_multi_label(synth_dir: Path, tmp_path: Path) -> 
     cfg.write_text("dataset: chestmnist\nmodel: mlp\nhidden: 32\nepochs: 2\nlr: 1e-3\n"
                    "batch_size: 48\nseed: 5\ndevice: cpu\nthreads: 1\n")
     out = tmp_path / "run"
-    result = _invoke("train", "--config", cfg, "--data-dir", synth_dir, "--no-verify",
+    result = invoke("train", "--config", cfg, "--data-dir", synth_dir, "--no-verify",
                      "--out", out)
     assert result.exit_code == 0, result.output + result.stderr
     config = yaml.safe_load((out / "config.yaml").read_text())
@@ -147,7 +138,7 @@ def test_train_binary_at_64_px(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_synthetic("breastmnist", data, size=64, n=(64, 32, 32))
     out = tmp_path / "run"
-    result = _invoke("train", "--dataset", "breastmnist", "--size", 64, "--data-dir", data,
+    result = invoke("train", "--dataset", "breastmnist", "--size", 64, "--data-dir", data,
                      "--no-verify", "--model", "mlp", "--set", "hidden=32", "--epochs", 2,
                      "--device", "cpu", "--set", "threads=1", "--out", out)
     assert result.exit_code == 0, result.output + result.stderr
@@ -254,19 +245,6 @@ def _argv(ws: Path, case: str) -> list[str]:
     return ["train", *args]
 
 
-def _run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch,
-              capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """`bench.cli.main` in this process: the path that turns UserError into exit 2."""
-    monkeypatch.setattr(sys, "argv", ["medbench", *argv])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _assert_one_error_line(err: str, message: str) -> None:
     assert "Traceback" not in err
     lines = err.splitlines()
@@ -281,7 +259,7 @@ def test_bad_input_exit_2_and_nothing_touched(case: str, workspace: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     _prepare(workspace, case)
     before = _snapshot(workspace)
-    code, out, err = _run_main(_argv(workspace, case), monkeypatch, capsys)
+    code, out, err = run_main(monkeypatch, capsys, *_argv(workspace, case))
     assert code == 2, (out, err)
     _assert_one_error_line(err, BAD_TRAIN[case][1])
     assert _snapshot(workspace) == before
@@ -318,7 +296,7 @@ def _status_lines(output: str) -> dict[str, str]:
 
 
 def test_datasets_lists_every_flag_with_status(real_data_dir: Path) -> None:
-    result = _invoke("datasets", "--data-dir", real_data_dir)
+    result = invoke("datasets", "--data-dir", real_data_dir)
     assert result.exit_code == 0, result.output
     assert f"data root: {real_data_dir}" in result.output
     lines = _status_lines(result.output)
@@ -332,16 +310,16 @@ def test_datasets_lists_every_flag_with_status(real_data_dir: Path) -> None:
 
 
 def test_datasets_mismatch_and_sizes(synth_dir: Path) -> None:
-    lines = _status_lines(_invoke("datasets", "--data-dir", synth_dir).output)
+    lines = _status_lines(invoke("datasets", "--data-dir", synth_dir).output)
     assert lines["organamnist"].endswith("md5 mismatch")
     assert lines["octmnist"].endswith("missing")
-    lines = _status_lines(_invoke("datasets", "--data-dir", synth_dir, "--size", 128).output)
+    lines = _status_lines(invoke("datasets", "--data-dir", synth_dir, "--size", 128).output)
     assert lines["organmnist3d"].endswith("no such size")
     assert lines["organamnist"].endswith("missing")
 
 
 def test_models_lists_registered_families() -> None:
-    result = _invoke("models")
+    result = invoke("models")
     assert result.exit_code == 0
     listed = [line.split()[0] for line in result.output.splitlines() if line.strip()]
     assert listed == list_models()
@@ -349,7 +327,7 @@ def test_models_lists_registered_families() -> None:
 
 
 def test_synth_writes_loadable_files(tmp_path: Path) -> None:
-    result = _invoke("synth", "breastmnist, dermamnist,organmnist3d", "--out", tmp_path,
+    result = invoke("synth", "breastmnist, dermamnist,organmnist3d", "--out", tmp_path,
                      "--n", "6,4,5", "--seed", 2)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == \
@@ -358,7 +336,7 @@ def test_synth_writes_loadable_files(tmp_path: Path) -> None:
         assert str(tmp_path / f"{flag}.npz") in result.output
         data = load_dataset(flag, data_dir=tmp_path, verify_md5=False)
         assert [len(data.splits[s]) for s in ("train", "val", "test")] == [6, 4, 5]
-    result = _invoke("synth", "all", "--out", tmp_path / "all", "--n", "2,2,2", "--size", 64)
+    result = invoke("synth", "all", "--out", tmp_path / "all", "--n", "2,2,2", "--size", 64)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == \
         sorted(f"{flag}_64.npz" for flag in INFO)
@@ -372,8 +350,8 @@ def test_synth_writes_loadable_files(tmp_path: Path) -> None:
 def test_synth_bad_input(argv: list[str], message: str, tmp_path: Path,
                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     out_dir = tmp_path / "synth-out"
-    code, _, err = _run_main(["synth", "breastmnist", "--out", str(out_dir), *argv],
-                             monkeypatch, capsys)
+    code, _, err = run_main(monkeypatch, capsys, "synth", "breastmnist", "--out", out_dir,
+                           *argv)
     assert code == 2
     _assert_one_error_line(err, message)
     assert not out_dir.exists()

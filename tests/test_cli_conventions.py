@@ -4,23 +4,11 @@ and `leaderboard` on a search-only run directory (its best trials, labelled as s
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from cli_helpers import run_main
 
-from bench import cli
 from bench.results import TRIAL_COLUMNS, write_table
-
-
-def run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["medbench", *map(str, argv)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_version_and_short_help(monkeypatch, capsys):
@@ -72,3 +60,32 @@ def test_leaderboard_on_a_search_only_directory(tmp_path, monkeypatch, capsys):
     assert "breastmnist/mlp: 1 failed, 4 ok" in out
     code, out, _ = run_main(monkeypatch, capsys, "leaderboard", run, "--format", "json")
     assert code == 0 and [r["trial_id"] for r in json.loads(out)][0] == "a_00001"
+
+
+def test_search_and_run_share_one_options_object(monkeypatch, capsys, tmp_path):
+    """`search` and `run` take the same ExperimentOptions (declared once); `run` adds its own
+    options; every shared field is an option of both commands."""
+    from dataclasses import fields
+
+    from bench import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_experiment", lambda opts, **kw: calls.append((opts, kw)))
+    shared = ["--preset", "smoke", "--datasets", "breastmnist", "--no-wandb", "--no-verify",
+              "--num-samples", 3, "--out", tmp_path / "r", "--data-dir", tmp_path]
+    assert run_main(monkeypatch, capsys, "search", *shared)[0] == 0
+    assert run_main(monkeypatch, capsys, "run", *shared, "--final-seeds", 4,
+                    "--report", tmp_path / "rep.md")[0] == 0
+    (s_opts, s_kw), (r_opts, r_kw) = calls
+    assert s_opts == r_opts == cli.ExperimentOptions(
+        preset="smoke", datasets="breastmnist", wandb=False, no_verify=True, num_samples=3,
+        out=tmp_path / "r", data_dir=tmp_path)
+    assert s_kw == {"final": False}
+    assert r_kw == {"final_seeds": 4, "final": True, "report": tmp_path / "rep.md"}
+    for command in ("search", "run"):
+        _, out, _ = run_main(monkeypatch, capsys, command, "--help")
+        for f in fields(cli.ExperimentOptions):
+            option = {"spec_file": "--spec", "wandb": "--no-wandb"}.get(
+                f.name, "--" + f.name.replace("_", "-"))
+            assert option in out, (command, option)
+    assert "--final-seeds" not in run_main(monkeypatch, capsys, "search", "--help")[1]

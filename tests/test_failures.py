@@ -8,31 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import yaml
+from cli_helpers import run_main
 
-from bench import cli
 from bench.errors import RunFailure, UserError
 from bench.experiment import first_errors, outcome_problems
 from bench.progress import format_progress, tuner_counts
 from bench.spaces import build_spec
-
-
-def run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    """`medbench ARGV` through `bench.cli.main` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["medbench", *map(str, argv)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 # --- fast: the rules -----------------------------------------------------------------------------
 

@@ -25,35 +25,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import invoke, run_main
 from PIL import Image
-from typer.testing import CliRunner
 
-from bench import cli, serve
+from bench import serve
 from bench.data import write_synthetic
 from bench.errors import UserError
 from bench.results import FINAL_COLUMNS, write_table
 
 REPO = Path(__file__).resolve().parent.parent
-runner = CliRunner()
-
-
-def _run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch,
-              capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """`bench.cli.main` in this process: the path that turns UserError into exit 2."""
-    monkeypatch.setattr(sys, "argv", ["medbench", *argv])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _cli(*args: object) -> str:
-    result = runner.invoke(cli.app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -94,7 +78,7 @@ def _option(cmd: list[str], name: str) -> str:
 
 
 def test_serve_binds_loopback_by_default(launched, fake_run, monkeypatch, capsys) -> None:
-    code, out, err = _run_main(["serve", str(fake_run)], monkeypatch, capsys)
+    code, out, err = run_main(monkeypatch, capsys, "serve", fake_run)
     assert code == 0, err
     [cmd] = launched
     assert _option(cmd, "--server.address") == "127.0.0.1"
@@ -106,8 +90,8 @@ def test_serve_binds_loopback_by_default(launched, fake_run, monkeypatch, capsys
 
 def test_serve_on_all_interfaces_warns_about_no_authentication(launched, fake_run, monkeypatch,
                                                                capsys) -> None:
-    code, _, err = _run_main(["serve", str(fake_run), "--host", "0.0.0.0", "--port", "9000"],
-                             monkeypatch, capsys)
+    code, _, err = run_main(monkeypatch, capsys, "serve", fake_run, "--host", "0.0.0.0",
+                             "--port", "9000")
     assert code == 0
     assert _option(launched[0], "--server.address") == "0.0.0.0"
     assert "warning: listening on 0.0.0.0:9000" in err and "NO authentication" in err
@@ -125,7 +109,7 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 def test_missing_web_extra_names_it(launched, fake_run, monkeypatch, capsys) -> None:
     monkeypatch.setattr(serve.importlib.util, "find_spec",
                         lambda name, *a: None if name == "streamlit" else object())
-    code, _, err = _run_main(["serve", str(fake_run)], monkeypatch, capsys)
+    code, _, err = run_main(monkeypatch, capsys, "serve", fake_run)
     assert code == 2 and not launched
     assert err.startswith("error: ") and "medmnist-bench[web]" in err and "Traceback" not in err
 
@@ -154,7 +138,7 @@ def test_bad_run_directories_are_refused_before_starting(case, message, launched
         (run / "trials").mkdir(parents=True)
     elif case == "all failed":
         run = _all_failed_run(tmp_path)
-    code, _, err = _run_main(["serve", str(run)], monkeypatch, capsys)
+    code, _, err = run_main(monkeypatch, capsys, "serve", run)
     assert code == 2 and not launched
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert re.search(message, err), err
