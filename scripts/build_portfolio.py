@@ -16,7 +16,6 @@ reports/portfolio-build.json).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import time
@@ -26,7 +25,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-DATASETS = ["breastmnist", "pneumoniamnist", "retinamnist"]
+# the genuine subsets available here, by dimension: a 3D family is built on 3D sets only
+DATASETS = {2: ["breastmnist", "pneumoniamnist", "retinamnist"],
+            3: ["adrenalmnist3d", "vesselmnist3d"]}
 # origin: the dataset whose data shaped a candidate (None: written a priori).
 CANDIDATES: list[dict] = [
     {"id": "small-ema-adamw", "origin": "breastmnist",  # the hand-found BreastMNIST recipe
@@ -63,6 +64,25 @@ CANDIDATES: list[dict] = [
         "hidden": 1024, "layers": 1, "dropout": 0.5, "optimizer": "adamw", "lr": 3.0e-4,
         "weight_decay": 1.0e-3, "batch_size": 64, "scheduler": "cosine", "ema": 0.99,
         "aug_shift": 0.1}},
+    # 3D (cnn3d_small), written before any 3D run of this script
+    {"id": "3d-adam-plain", "origin": None, "family": "cnn3d_small", "config": {
+        "width": 2.0, "depth": 3, "dropout": 0.1, "batch_size": 32, "optimizer": "adam",
+        "lr": 1.0e-3, "weight_decay": 0.0, "scheduler": "cosine", "ema": 0.99}},
+    {"id": "3d-adamw-aug", "origin": None, "family": "cnn3d_small", "config": {
+        "width": 2.0, "depth": 3, "dropout": 0.2, "batch_size": 32, "optimizer": "adamw",
+        "lr": 3.0e-3, "weight_decay": 1.0e-4, "scheduler": "cosine", "ema": 0.99,
+        "aug_hflip": 0.5, "aug_vflip": 0.5, "aug_rotation": 10.0}},
+    {"id": "3d-sgd-onecycle", "origin": None, "family": "cnn3d_small", "config": {
+        "width": 1.0, "depth": 2, "dropout": 0.0, "batch_size": 16, "optimizer": "sgd",
+        "lr": 1.0e-2, "weight_decay": 1.0e-4, "scheduler": "onecycle", "ema": 0.0}},
+    {"id": "3d-classweight", "origin": None, "family": "cnn3d_small", "config": {
+        "width": 2.0, "depth": 3, "dropout": 0.2, "batch_size": 32, "optimizer": "adam",
+        "lr": 1.0e-3, "weight_decay": 1.0e-5, "scheduler": "cosine", "ema": 0.99,
+        "class_weighting": True}},
+    {"id": "3d-adamw-smooth", "origin": None, "family": "cnn3d_small", "config": {
+        "width": 1.0, "depth": 3, "dropout": 0.3, "batch_size": 64, "optimizer": "adamw",
+        "lr": 3.0e-3, "weight_decay": 1.0e-3, "scheduler": "onecycle", "ema": 0.99,
+        "label_smoothing": 0.1}},
 ]
 
 
@@ -101,6 +121,23 @@ def choose(rows: list[dict], datasets: list[str], family: str, k: int,
     return list(ranks.index[:k])
 
 
+def _entries(rows: list[dict], group: list[str], left: str | None, family: str, k: int,
+             by_id: dict[str, dict], seen: set) -> list[dict]:
+    """The top-k candidates of `family` chosen on `group` (never from `left`), each recorded
+    with the datasets that chose it; an entry already written for the same datasets is
+    skipped."""
+    out = []
+    for cid in choose(rows, group, family, k, left):
+        origin = by_id[cid]["origin"]
+        found_on = sorted(set(group) | ({origin} if origin else set()))
+        if (cid, tuple(found_on)) in seen:
+            continue
+        seen.add((cid, tuple(found_on)))
+        out.append({"id": cid, "family": family, "found_on": found_on,
+                    "config": dict(by_id[cid]["config"])})  # no YAML aliases
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=os.environ.get("MEDMNIST_DATA", "../shared/medmnist"))
@@ -108,11 +145,19 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--per-family", type=int, default=2)
     args = ap.parse_args()
+    from bench.models import get_entry
+
     preset = yaml.safe_load((REPO / "bench/search_spaces/experiments/quick.yaml").read_text())
     fid = preset["fidelity"]
+    # a family's trial sees the images the quick preset gives it (budgets.<family>)
+    per_family = {f: b["trial_images"] for f, b in (preset.get("budgets") or {}).items()
+                  if "trial_images" in b}
+    dim = {c["family"]: get_entry(c["family"]).dims for c in CANDIDATES}
     jobs = [{"id": c["id"], "family": c["family"], "config": c["config"], "dataset": d,
-             "seed": int(s), "data_dir": args.data_dir, **fid}
-            for c, d, s in itertools.product(CANDIDATES, DATASETS, args.seeds.split(","))]
+             "seed": int(s), "data_dir": args.data_dir,
+             **fid, "trial_images": per_family.get(c["family"], fid["trial_images"])}
+            for c in CANDIDATES for d in DATASETS[dim[c["family"]]]
+            for s in args.seeds.split(",")]
     out_raw = REPO / "reports" / "portfolio-build.json"
     rows: list[dict] = json.loads(out_raw.read_text()) if out_raw.exists() else []
     done = {(r["id"], r["dataset"], r["seed"]) for r in rows}
@@ -126,18 +171,12 @@ def main() -> None:
                   f"seed {row['seed']} val AUC {row['val_auc']:.3f} ACC {row['val_acc']:.3f} "
                   f"({row['wall_s']:.0f}s)", flush=True)
     by_id = {c["id"]: c for c in CANDIDATES}
-    groups = [([d for d in DATASETS if d != left], left) for left in DATASETS] + [(DATASETS, None)]
     entries, seen = [], set()
-    for (group, left), family in itertools.product(groups,
-                                                   sorted({c["family"] for c in CANDIDATES})):
-        for cid in choose(rows, group, family, args.per_family, left):
-            origin = by_id[cid]["origin"]
-            found_on = sorted(set(group) | ({origin} if origin else set()))
-            if (cid, tuple(found_on)) in seen:
-                continue
-            seen.add((cid, tuple(found_on)))
-            entries.append({"id": cid, "family": family, "found_on": found_on,
-                            "config": dict(by_id[cid]["config"])})  # no YAML aliases
+    for family in sorted({c["family"] for c in CANDIDATES}):
+        sets = DATASETS[dim[family]]
+        groups = [([d for d in sets if d != left], left) for left in sets] + [(sets, None)]
+        for group, left in groups:
+            entries += _entries(rows, group, left, family, args.per_family, by_id, seen)
     header = ("# Start portfolio, written by scripts/build_portfolio.py (see its docstring).\n"
               "# Each entry was chosen on the validation splits of `found_on` only; searching a\n"
               "# dataset never starts from an entry whose found_on names it.\n")

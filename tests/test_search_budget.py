@@ -150,6 +150,15 @@ def test_shipped_portfolio_is_well_formed_and_leaves_each_dataset_out():
     # every 2D subset that has a real file here gets at least one start point per family
     for flag in ("breastmnist", "pneumoniamnist", "retinamnist", "dermamnist"):
         assert start_points(flag, "cnn_small", load_family_space("cnn_small"), 2)
+    # 3D: entries chosen on 3D subsets only, and every 3D subset gets a start point
+    from bench.data import dataset_info
+    from bench.models import get_entry
+
+    for e in entries:
+        dims = {dataset_info(f).dims for f in e["found_on"]}
+        assert dims == {get_entry(e["family"]).dims}, e["id"]
+    for flag in ("adrenalmnist3d", "vesselmnist3d", "organmnist3d"):
+        assert start_points(flag, "cnn3d_small", load_family_space("cnn3d_small"), 2)
 
 
 # --- selection -------------------------------------------------------------------------------
