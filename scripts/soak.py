@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+STARTUP_FAILED = ("the local Ray node did not start", "timed out during startup")
 
 
 def read_trace(path: Path) -> list[tuple[str, str]]:
@@ -95,19 +96,29 @@ def run_once(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | Non
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     info: dict = {"kill": kill, "signalled": False}
+    log_start = log.stat().st_size
     try:
         while proc.poll() is None and time.time() - t0 < limit_s:
+            with log.open() as f:  # Ray's node missed its start-up wait: this launch is void
+                f.seek(log_start)
+                if any(m in f.read() for m in STARTUP_FAILED):
+                    info["startup_failed"] = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
             if kill and not info["signalled"]:
                 new = read_trace(trace)[start_events:]
-                starts = [u for e, u in new if e == "start"]
-                want = [u for u in starts if (phase_of(u) == "search") == (kill["phase"] ==
-                                                                           "search")]
+                # a trial starting or replaying its record in the wanted phase; a search-phase
+                # kill whose search is already over lands in the next phase instead
+                begun = [u for e, u in new if e in ("start", "replay")]
+                want = [u for u in begun if kill["phase"] == "search"
+                        or phase_of(u) != "search"]
                 if want:
                     time.sleep(kill["delay_s"])
                     if proc.poll() is not None:
                         break
                     events = read_trace(trace)
-                    last = [u for e, u in events[start_events:] if e in ("start", "record")]
+                    last = [u for e, u in events[start_events:]
+                            if e in ("start", "record", "replay")]
                     info.update(signalled=True, at_s=round(time.time() - t0, 1),
                                 events_before=len(events),
                                 last_unit=last[-1] if last else None,
@@ -123,8 +134,9 @@ def run_once(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | Non
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # a SIGKILLed driver's Ray processes exit on their own; wait so no old worker still writes
-    deadline = time.time() + 90
+    # a SIGKILLed driver's Ray processes exit on their own (counted if they have not after
+    # 20 s, then killed), so no old worker still writes when the next launch starts
+    deadline = time.time() + 20
     while session_alive(proc.pid) and time.time() < deadline:
         time.sleep(0.5)
     if left := session_alive(proc.pid):
@@ -133,6 +145,20 @@ def run_once(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | Non
         time.sleep(2)
     info.update(rc=proc.returncode, wall_s=round(time.time() - t0, 1))
     return info
+
+
+def launch(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | None,
+           rng: random.Random, limit_s: float, tries: int = 4) -> dict:
+    """run_once, again when the Ray node itself failed to start (an overloaded machine: Ray
+    2.60 waits a fixed 30 s for its raylet); such launches are counted, not treated as kills."""
+    failed = 0
+    while True:
+        info = run_once(cmd, env, log, trace, kill, rng, limit_s)
+        if info.get("startup_failed") and failed + 1 < tries:
+            failed += 1
+            continue
+        info["startup_failures"] = failed
+        return info
 
 
 def check(work: Path, trace: Path, num_samples: int, final_seeds: int) -> dict:
@@ -206,12 +232,12 @@ def main() -> int:
     launches = []
     t0 = time.time()
     for kill in plan:
-        info = run_once(cmd, env, log, trace, kill, rng, args.launch_limit_s)
+        info = launch(cmd, env, log, trace, kill, rng, args.launch_limit_s)
         launches.append(info)
         print(json.dumps(info), flush=True)
-        if not info["signalled"]:  # it finished before the kill point: nothing left to kill
+        if info["rc"] == 0:  # it finished before the kill point: nothing left to kill
             break
-    final = run_once(cmd, env, log, trace, None, rng, args.launch_limit_s)
+    final = launch(cmd, env, log, trace, None, rng, args.launch_limit_s)
     launches.append(final)
     print(json.dumps(final), flush=True)
     report = {"kills": sum(bool(x.get("signalled")) for x in launches), "planned": args.kills,
