@@ -896,7 +896,9 @@ def _verdicts(r: pd.Series, which: str) -> str:
             cells.append(f"{m.upper()} -")
             continue
         v = f"**{v}**" if v in ("above", "below") else v
-        cells.append(f"{m.upper()} {r[f'delta_{m}_vs_{which}']:+.3f} {v}")
+        # the best published ACC and AUC can come from different methods: name each one
+        who = f" ({r[f'best_{m}_method']} {val:.3f})" if which == "best" else ""
+        cells.append(f"{m.upper()}{who} {r[f'delta_{m}_vs_{which}']:+.3f} {v}")
     return " · ".join(cells)
 
 
@@ -918,10 +920,9 @@ def _headline_md(board: pd.DataFrame, picked: pd.DataFrame) -> list[str]:
                                  r[f"{m}_hi"])
             c = f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}")
             cells.append(c if pd.isna(lo) else f"{c} [{lo:.3f}, {hi:.3f}]")
-        best = r["best_auc_method"] or "-"
         out.append(f"| {r['dataset']} | {_label(r, board)} (val {r['val_score']:.3f}) | "
                    f"{r['n_seeds']} | {cells[0]} | {cells[1]} | {r['ref_method']}: "
-                   f"{_verdicts(r, 'resnet18')} | {best}: {_verdicts(r, 'best')} |")
+                   f"{_verdicts(r, 'resnet18')} | {_verdicts(r, 'best')} |")
     return [*out, ""]
 
 

@@ -266,3 +266,15 @@ def test_report_defaults_to_the_run_directory(tmp_path):
     result = CliRunner().invoke(app, ["report", str(run), "--n-boot", "50"])
     assert result.exit_code == 0, result.output
     assert (run / "report.md").is_file() and (run / "studies.db").is_file()
+
+
+def test_headline_names_the_best_published_method_of_each_metric():
+    """AdrenalMNIST3D's best published ACC (auto-sklearn) and AUC (ResNet-18+ACS) come from
+    different methods: each verdict names its own, not the AUC method for both."""
+    row = pd.Series({"verdict_acc_vs_best": "within noise", "verdict_auc_vs_best": "above",
+                     "best_acc": 0.802, "best_auc": 0.839, "best_acc_method": "auto-sklearn",
+                     "best_auc_method": "ResNet-18+ACS", "delta_acc_vs_best": 0.0,
+                     "delta_auc_vs_best": 0.033})
+    text = rpt._verdicts(row, "best")
+    assert text == ("ACC (auto-sklearn 0.802) +0.000 within noise · "
+                    "AUC (ResNet-18+ACS 0.839) +0.033 **above**")
