@@ -205,7 +205,7 @@ def training_options_text() -> str:
     from dataclasses import MISSING, fields
 
     from bench.models import get_entry, list_models
-    from bench.train import PRESETS, TrainConfig
+    from bench.train import TRAIN_PRESETS, TrainConfig
 
     lines = ["Training options (--set key=value, a --config YAML, or the flags above):"]
     for f in fields(TrainConfig):
@@ -213,7 +213,7 @@ def training_options_text() -> str:
             continue
         default = f.default if f.default is not MISSING else "(required)"
         lines.append(f"  {f.name:<18} {default!r}")
-    lines += ["", f"Presets (--preset): {', '.join(PRESETS)}", "",
+    lines += ["", f"Presets (--preset): {', '.join(TRAIN_PRESETS)}", "",
               "Model hyperparameters (--set key=value), per family:"]
     for name in list_models():
         e = get_entry(name)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from bench.errors import RunFailure, UserError
+from bench.metrics import MULTI_LABEL  # medmnist INFO["task"] of a multi-label subset
 
 SPLITS = ("train", "val", "test")
 SIZES_2D = (28, 64, 128, 224)
 SIZES_3D = (28, 64)
-MULTI_LABEL = "multi-label, binary-class"
 
 
 def _info() -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix as _sk_confusion
 from sklearn.metrics import precision_recall_fscore_support
 
+# medmnist INFO["task"] values with their own metric rules (bench.data uses these names too)
 MULTI_LABEL = "multi-label, binary-class"
 BINARY = "binary-class"
 

@@ -19,10 +19,10 @@ Why it is shaped this way:
   (:func:`trial_runs_callback`) in the process that runs their Tuner. Logged from inside, a trial
   that ASHA stops at a rung lost its record: Tune raises ``SystemExit`` in the trial's thread and
   ends the worker process without waiting for it, so wandb's service could be torn down before
-  the offline run was written (2 of 4 search runs lost in one measured run, despite an exit hook
-  that finished open runs first). The Tuner's process outlives every trial it runs, and Tune tells
-  its callbacks every reported epoch and every end (finished, stopped by the scheduler, failed),
-  so each run is finished there, in order, by a process nobody kills.
+  the offline run was written (runs were lost that way, despite an exit hook that finished open
+  runs first; reports/measured-in-code.md). The Tuner's process outlives every trial it runs,
+  and Tune tells its callbacks every reported epoch and every end (finished, stopped by the
+  scheduler, failed), so each run is finished there, in order, by a process nobody kills.
 * That is Ray's ``WandbLoggerCallback`` idea (results logged driver side, one W&B run per trial)
   without its cost and gaps: it starts two extra Ray actors per trial (a logging actor and a
   queue, kept alive until the trial ends), its ``init`` failure is not degraded to offline, and
@@ -246,8 +246,8 @@ def _settings(mode: str) -> Any:
         "console": "off",  # Ray already captures trial output; no output.log copy
         "disable_git": True,  # a git remote URL can carry a token; the run dir records the commit
         "save_code": False,
-        # requirements.txt per run costs ~150 ms (a full package scan) of the ~170 ms a run
-        # costs; the benchmark's run directory already records the environment once.
+        # requirements.txt is a full package scan per run, most of what a run costs; the
+        # benchmark's run directory already records the environment once.
         "x_save_requirements": False,
         "reinit": "create_new",
         "init_timeout": _env_float("MEDBENCH_WANDB_INIT_TIMEOUT", DEFAULT_INIT_TIMEOUT_S),

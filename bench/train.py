@@ -29,8 +29,9 @@ from bench.models import create_model, get_entry
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam")
 SCHEDULERS = ("multistep", "cosine", "onecycle", "constant")
 
-# Named presets; `official` is the MedMNIST v2 protocol (../shared/anchors/README.md).
-PRESETS: dict[str, dict[str, Any]] = {
+# `medbench train --preset NAME` (not the experiment presets of `medbench run`, which are
+# bench.spaces.PRESETS); `official` is the MedMNIST v2 protocol (../shared/anchors/README.md).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "official": {"model": "resnet18", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                  "scheduler": "multistep", "batch_size": 128, "epochs": 100},
 }
@@ -64,7 +65,7 @@ class TrainConfig:
     aug_zoom: float = 0.0
     device: str = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # NHWC / NDHWC; 4.5x faster cnn_small on a 2-core CPU too
+    channels_last: bool = True  # NHWC / NDHWC: oneDNN's fast conv layout, on CPUs too
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     model_hp: dict[str, Any] = field(default_factory=dict)
 
@@ -74,9 +75,10 @@ class TrainConfig:
         cfg = dict(cfg)
         if "preset" in cfg:
             name = cfg.pop("preset")
-            if name not in PRESETS:
-                raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-            cfg = {**PRESETS[name], **cfg}
+            if name not in TRAIN_PRESETS:
+                raise UserError(f"unknown preset {name!r}; choose one of: "
+                                f"{', '.join(TRAIN_PRESETS)}")
+            cfg = {**TRAIN_PRESETS[name], **cfg}
         names = {f.name for f in fields(cls)} - {"model_hp"}
         hp = {**cfg.pop("model_hp", {}), **{k: v for k, v in cfg.items() if k not in names}}
         conf = cls(**{k: v for k, v in cfg.items() if k in names}, model_hp=hp)

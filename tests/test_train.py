@@ -15,8 +15,8 @@ from bench.metrics import evaluate
 from bench.models import create_model
 from bench.train import (
     OPTIMIZERS,
-    PRESETS,
     SCHEDULERS,
+    TRAIN_PRESETS,
     Runner,
     TrainConfig,
     WeightAverage,
@@ -270,7 +270,7 @@ def test_official_preset() -> None:
     c = TrainConfig.from_dict({"preset": "official"})
     assert (c.model, c.optimizer, c.lr, c.scheduler, c.batch_size, c.epochs, c.weight_decay) == \
         ("resnet18", "adam", 1e-3, "multistep", 128, 100, 0.0)
-    assert PRESETS["official"]["model"] == "resnet18"
+    assert TRAIN_PRESETS["official"]["model"] == "resnet18"
     c = TrainConfig.from_dict({"preset": "official", "epochs": 5, "dataset": "pneumoniamnist"})
     assert c.epochs == 5 and c.model == "resnet18" and c.dataset == "pneumoniamnist"
 
