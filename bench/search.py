@@ -17,6 +17,7 @@ nor repeated. Failing trials are retried `max_failures` times, then recorded as 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -311,6 +312,31 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    with _keep_sigterm_handler():
+        _init_ray(address, num_cpus)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init replaces the driver's SIGTERM handler (with `sys.exit`, and its C++ core
+    worker with a stack-dumping handler that ends in SIGABRT): a `kill` of a real run then
+    aborted (exit 134) instead of stopping in order (bench.cli: exit 143). Put back the
+    handler the process had, when it had one of its own."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
     kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": True,
                           "logging_level": "ERROR"}
     if address or os.environ.get("RAY_ADDRESS"):  # this node must be reachable by the cluster

@@ -80,3 +80,33 @@ def test_soak_short(tmp_path) -> None:
     assert report["kills"] >= 1
     assert all(u["records"] == 1 for u in report["units"].values()), report["units"]
     assert len(report["units"]) == 4 + 2 + 2
+
+
+RAY_THEN_WAIT = ("import os, time\nfrom bench import cli\nfrom bench.search import init_ray\n"
+                 "def app():\n    init_ray(None, 1)\n    print('ready', flush=True)\n"
+                 "    time.sleep(300)\ncli.app = app\ncli.main()\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_after_ray_started_stops_in_order(tmp_path) -> None:
+    """ray.init installs its own SIGTERM handlers (Python's sys.exit and a C++ stack dump that
+    ends in SIGABRT); init_ray puts the CLI's back, so a `kill` of a real run exits 143 with
+    the resume hint, as in tests/test_signals.py without Ray."""
+    import os
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-c", RAY_THEN_WAIT], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err and "SIGTERM received" not in err, err[-3000:]
