@@ -597,16 +597,13 @@ def _metrics(result: Mapping[str, Any]) -> dict[str, Any]:
             if k not in _TUNE_KEYS and isinstance(v, Real) and not isinstance(v, bool)}
 
 
-def log_trial_result(tracker: Tracker, group: str, tags: list[str], metric: str,
-                     trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
-    """Log one reported epoch of a search trial, starting the trial's run at its first report.
-
-    The step is the result's ``epoch`` (Tune's ``training_iteration`` without one). A step not
-    above the last one logged is skipped: a retried attempt, or a trial replaying its completion
-    record, reports epochs this run already holds (W&B would drop them anyway, with a warning).
-    """
+def start_trial_run(tracker: Tracker, group: str, tags: list[str], trial_id: str,
+                    config: Mapping[str, Any]) -> _TrialRun | None:
+    """The open run of a search trial, started (with the trial's config) when Tune starts the
+    trial: a trial that fails, or that a time budget ends, before its first epoch still has
+    its run. A retried attempt keeps the run it has. ``None`` when tracking is off."""
     if tracker.mode == "disabled":
-        return
+        return None
     key = run_id(tracker.experiment, trial_id)
     entry = _TRIAL_RUNS.get(key)
     if entry is None:
@@ -616,6 +613,21 @@ def log_trial_result(tracker: Tracker, group: str, tags: list[str], metric: str,
                             job_type="search", config=job, tags=tags, key=trial_id,
                             concurrent=True)
         entry = _TRIAL_RUNS[key] = _TrialRun(run, trial_id, group)
+    return entry
+
+
+def log_trial_result(tracker: Tracker, group: str, tags: list[str], metric: str,
+                     trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+    """Log one reported epoch of a search trial (starting its run if Tune did not say it
+    started).
+
+    The step is the result's ``epoch`` (Tune's ``training_iteration`` without one). A step not
+    above the last one logged is skipped: a retried attempt, or a trial replaying its completion
+    record, reports epochs this run already holds (W&B would drop them anyway, with a warning).
+    """
+    entry = start_trial_run(tracker, group, tags, trial_id, config)
+    if entry is None:
+        return
     step = result.get("epoch", result.get("training_iteration"))
     step = int(step) if isinstance(step, (int, float)) else entry.last_step + 1
     if step <= entry.last_step:
@@ -651,7 +663,7 @@ def end_trial_runs(tracker: Tracker, group: str, metric: str) -> None:
 
 def trial_runs_callback(tracker: Tracker, group: str, tags: list[str], metric: str) -> Any:
     """A Tune callback that logs every trial of one Tuner as its own W&B run (see module doc):
-    config at the first report, one history row per reported epoch, a summary at the end.
+    config when the trial starts, one history row per reported epoch, a summary at the end.
 
     Its methods only call this module's functions with plain values, so the callback pickles
     into tuner.pkl without any open run or wandb object in it, and a resumed Tuner's copy works
@@ -660,6 +672,9 @@ def trial_runs_callback(tracker: Tracker, group: str, tags: list[str], metric: s
     from ray import tune
 
     class TrialRuns(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            start_trial_run(tracker, group, tags, trial.trial_id, trial.config)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             log_trial_result(tracker, group, tags, metric, trial.trial_id, trial.config, result)
 

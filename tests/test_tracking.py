@@ -422,7 +422,8 @@ def test_trial_runs_from_tune_events_are_complete_concurrent_and_resumable(
 ) -> None:
     """Runs of a Tuner's trials are open side by side; each holds its config (no phase), one
     row per new epoch (Tune's keys left out, a retried attempt's repeats skipped), a summary,
-    and ends with the trial: stopped (exit 0), failed (exit 1) or cut by the Tuner's end."""
+    and ends with the trial: stopped (exit 0), failed (exit 1) or cut by the Tuner's end, also
+    one cut before its first epoch."""
     t = Tracker.from_env(True, "medbench-test", tmp_path, experiment="wb")
     log = tracking.log_trial_result
     tags = ["breastmnist", "mlp", "search"]
@@ -430,18 +431,23 @@ def test_trial_runs_from_tune_events_are_complete_concurrent_and_resumable(
     for epoch, (a, b, c) in enumerate([(0.6, 0.5, 0.4), (0.7, 0.8, 0.45)], start=1):
         for trial, auc in (("t_00000", a), ("t_00001", b), ("t_00002", c)):
             log(t, "breastmnist/mlp", tags, "val_auc", trial, cfg, tune_result(epoch, auc))
+    tracking.start_trial_run(t, "breastmnist/mlp", tags, "t_00003", cfg)  # started last
     tracking.end_trial_run(t, "val_auc", "t_00000", 0)  # ASHA stopped it at a rung
     tracking.end_trial_run(t, "val_auc", "t_00002", 1)  # failed for good
     log(t, "breastmnist/mlp", tags, "val_auc", "t_00001", cfg, tune_result(1, 0.1))  # a retry
     log(t, "breastmnist/mlp", tags, "val_auc", "t_00001", cfg, tune_result(3, 0.75))
     tracking.end_trial_runs(t, "other/group", "val_auc")  # another Tuner's end: not ours
-    assert set(tracking._TRIAL_RUNS) == {"wb-t_00001"}
+    assert set(tracking._TRIAL_RUNS) == {"wb-t_00001", "wb-t_00003"}
     tracking.end_trial_runs(t, "breastmnist/mlp", "val_auc")  # the Tuner ended (time budget)
     assert not tracking._TRIAL_RUNS
 
     recs = {r.run_id: r for r in map(read_offline_run, offline_runs(tmp_path))}
-    assert set(recs) == {"wb-t_00000", "wb-t_00001", "wb-t_00002"}
-    assert [recs[f"wb-t_0000{i}"].exit_code for i in range(3)] == [0, 0, 1]
+    assert set(recs) == {"wb-t_00000", "wb-t_00001", "wb-t_00002", "wb-t_00003"}
+    assert [recs[f"wb-t_0000{i}"].exit_code for i in range(4)] == [0, 0, 1, 0]
+    assert all(r.complete for r in recs.values())
+    unreported = recs["wb-t_00003"]  # the time budget ended it before its first epoch
+    assert unreported.config["lr"] == 0.1 and unreported.history == []
+    assert unreported.summary["epochs_run"] == 0
     stopped, full = recs["wb-t_00000"], recs["wb-t_00001"]
     assert stopped.complete and stopped.job_type == "search"
     assert (stopped.group, stopped.tags) == ("wb/breastmnist/mlp", ["wb", *tags])
@@ -464,12 +470,14 @@ def test_trial_runs_callback_pickles_without_open_runs(tmp_path: Path) -> None:
     t = Tracker.from_env(True, "medbench-test", tmp_path, experiment="wb")
     cb = tracking.trial_runs_callback(t, "breastmnist/mlp", ["search"], "val_auc")
     trial = SimpleNamespace(trial_id="t_00000", config={"dataset": "breastmnist", "lr": 0.1})
+    cb.on_trial_start(iteration=0, trials=[trial], trial=trial)
     cb.on_trial_result(iteration=1, trials=[trial], trial=trial, result=tune_result(1, 0.6))
     assert tracking._TRIAL_RUNS["wb-t_00000"].run.live
     payload = cloudpickle.dumps(cb)
     assert b"_TrialRun" not in payload and b"wandb" not in payload
     copy = cloudpickle.loads(payload)
     copy.on_trial_result(iteration=2, trials=[trial], trial=trial, result=tune_result(2, 0.7))
-    copy.on_trial_complete(iteration=2, trials=[trial], trial=trial)
+    copy.on_trial_error(iteration=2, trials=[trial], trial=trial)
     (rec,) = map(read_offline_run, offline_runs(tmp_path))
     assert rec.complete and [h["epoch"] for h in rec.history] == [1, 2]
+    assert rec.exit_code == 1 and rec.config == {"dataset": "breastmnist", "lr": 0.1}
