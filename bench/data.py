@@ -179,7 +179,8 @@ def download(flag: str, size: int, data_dir: str | Path | None = None, timeout: 
     try:
         with urllib.request.urlopen(info.url(size), timeout=timeout) as r, open(tmp, "wb") as f, \
                 _download_progress() as bar:
-            total = int(r.headers.get("Content-Length") or 0) or None  # None: size unknown
+            headers = getattr(r, "headers", None) or {}
+            total = int(headers.get("Content-Length") or 0) or None  # None: size unknown
             task = bar.add_task(f"{path.name} from Zenodo", total=total)
             while chunk := r.read(1 << 20):
                 f.write(chunk)
