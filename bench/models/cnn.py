@@ -37,48 +37,79 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
-def build_cnn(
+# dims -> (conv, batch norm, max pool, adaptive average pool)
+_LAYERS = {2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d),
+           3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d)}
+
+
+def conv_bn_relu(dims: int, cin: int, cout: int, stride: int, batch_norm: bool) -> list[nn.Module]:
+    """3x3 (3x3x3) conv with 'same' padding, optional BN (then the conv has no bias), ReLU."""
+    conv, norm = _LAYERS[dims][:2]
+    layers: list[nn.Module] = [conv(cin, cout, 3, stride=stride, padding=1, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(norm(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+def build_convnet(
     name: str,
+    dims: int,
     in_channels: int,
     n_classes: int,
     image_size: int,
     *,
+    stages: list[tuple[int, ...]],
+    dense: tuple[int, ...],
+    head_grid: int,
     width: float,
     depth: int,
     dropout: float,
     batch_norm: bool,
+    stem: int | None = None,
+    stem_stride: int = 1,
 ) -> CNN:
-    """Build family `name`; `depth` truncates its stages, or repeats the last stage to extend."""
+    """The plain CNN of 2D (`dims=2`) and 3D (`dims=3`) families: an optional stem conv, then
+    `stages` (each: its convs, then a 2x max-pool while the map is 2 px or more), an adaptive
+    average pool to min(head_grid, map size) and the `dense` head. `depth` truncates the
+    stages, or repeats the last one to extend."""
     check_inputs(name, in_channels, n_classes, image_size)
-    stages, dense = _SPECS[name]
     width = as_float(name, "width", width, lo=0.05, hi=16.0)
     dropout = check_dropout(name, dropout)
     depth = as_int(name, "depth", depth, lo=1)
     stages = (stages + [stages[-1]] * depth)[:depth]
+    pool, avg_pool = _LAYERS[dims][2:]
 
     layers: list[nn.Module] = []
     channels, size = in_channels, image_size
+    if stem is not None:
+        layers += conv_bn_relu(dims, channels, scaled(stem, width), stem_stride, batch_norm)
+        channels, size = scaled(stem, width), (image_size - 1) // stem_stride + 1
     for filters in stages:
         for f in filters:
             out = scaled(f, width)
-            layers.append(nn.Conv2d(channels, out, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out))
-            layers.append(nn.ReLU(inplace=True))
+            layers += conv_bn_relu(dims, channels, out, 1, batch_norm)
             channels = out
         if size >= 2:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(pool(2))
             size //= 2
-    grid = min(_HEAD_GRID, size)
-    layers += [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
+    grid = min(head_grid, size)
+    layers += [avg_pool(grid), nn.Flatten()]
 
     head: list[nn.Module] = []
-    features = channels * grid * grid
+    features = channels * grid**dims
     for units in dense:
         head += [nn.Linear(features, units), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         features = units
     head.append(nn.Linear(features, n_classes))
     return CNN(nn.Sequential(*layers), nn.Sequential(*head))
+
+
+def build_cnn(name: str, in_channels: int, n_classes: int, image_size: int, **hp) -> CNN:
+    """Build 2D family `name` from its _SPECS entry."""
+    stages, dense = _SPECS[name]
+    return build_convnet(name, 2, in_channels, n_classes, image_size, stages=stages,
+                         dense=dense, head_grid=_HEAD_GRID, **hp)
 
 
 @register_model
@@ -93,16 +124,8 @@ def cnn_small(
     batch_norm: bool = True,
 ) -> nn.Module:
     """conv32-pool-conv32-pool, dense 64 (the study's small CNN)."""
-    return build_cnn(
-        "cnn_small",
-        in_channels,
-        n_classes,
-        image_size,
-        width=width,
-        depth=depth,
-        dropout=dropout,
-        batch_norm=batch_norm,
-    )
+    return build_cnn("cnn_small", in_channels, n_classes, image_size, width=width, depth=depth,
+                     dropout=dropout, batch_norm=batch_norm)
 
 
 @register_model
@@ -117,16 +140,8 @@ def cnn_medium(
     batch_norm: bool = True,
 ) -> nn.Module:
     """Convs of 128, 512, 1024 filters, dense 256 and 128 (the study's medium CNN)."""
-    return build_cnn(
-        "cnn_medium",
-        in_channels,
-        n_classes,
-        image_size,
-        width=width,
-        depth=depth,
-        dropout=dropout,
-        batch_norm=batch_norm,
-    )
+    return build_cnn("cnn_medium", in_channels, n_classes, image_size, width=width, depth=depth,
+                     dropout=dropout, batch_norm=batch_norm)
 
 
 @register_model
@@ -141,13 +156,5 @@ def cnn_large(
     batch_norm: bool = True,
 ) -> nn.Module:
     """Four two-conv stages 64-128-256-512, dense 512 (the study's large CNN)."""
-    return build_cnn(
-        "cnn_large",
-        in_channels,
-        n_classes,
-        image_size,
-        width=width,
-        depth=depth,
-        dropout=dropout,
-        batch_norm=batch_norm,
-    )
+    return build_cnn("cnn_large", in_channels, n_classes, image_size, width=width, depth=depth,
+                     dropout=dropout, batch_norm=batch_norm)

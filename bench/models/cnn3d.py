@@ -15,11 +15,12 @@ stays the same size at 28^3 and 64^3.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from bench.errors import UserError
 from bench.models import register_model
-from bench.models.common import as_float, as_int, check_dropout, check_inputs, scaled
+from bench.models.cnn import CNN, build_convnet
+from bench.models.common import as_int
 
 _HEAD_GRID = 2
 
@@ -28,25 +29,6 @@ _SPECS: dict[str, tuple[int, list[tuple[int, ...]], tuple[int, ...]]] = {
     "cnn3d_small": (8, [(16,), (32,)], (64,)),
     "cnn3d_medium": (16, [(32,), (64,), (128,)], (128,)),
 }
-
-
-class CNN3d(nn.Module):
-    def __init__(self, features: nn.Sequential, head: nn.Sequential) -> None:
-        super().__init__()
-        self.features = features
-        self.head = head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-def _conv_bn_relu(cin: int, cout: int, stride: int, batch_norm: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv3d(cin, cout, 3, stride=stride, padding=1,
-                                         bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm3d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    return layers
 
 
 def build_cnn3d(
@@ -60,39 +42,16 @@ def build_cnn3d(
     dropout: float,
     batch_norm: bool,
     stem_stride: int,
-) -> CNN3d:
-    """Build family `name`; `depth` truncates its stages, or repeats the last stage to extend."""
-    check_inputs(name, in_channels, n_classes, image_size)
+) -> CNN:
+    """Build 3D family `name` from its _SPECS entry (bench.models.cnn.build_convnet, dims=3)."""
     stem, stages, dense = _SPECS[name]
-    width = as_float(name, "width", width, lo=0.05, hi=16.0)
-    dropout = check_dropout(name, dropout)
-    depth = as_int(name, "depth", depth, lo=1)
     stem_stride = as_int(name, "stem_stride", stem_stride, lo=1)
     if stem_stride > 2:
         raise UserError(f"model {name!r}: stem_stride={stem_stride} is not supported; use 1 or 2")
-    stages = (stages + [stages[-1]] * depth)[:depth]
-
-    channels = scaled(stem, width)
-    layers = _conv_bn_relu(in_channels, channels, stem_stride, batch_norm)
-    size = (image_size - 1) // stem_stride + 1
-    for filters in stages:
-        for f in filters:
-            out = scaled(f, width)
-            layers += _conv_bn_relu(channels, out, 1, batch_norm)
-            channels = out
-        if size >= 2:
-            layers.append(nn.MaxPool3d(2))
-            size //= 2
-    grid = min(_HEAD_GRID, size)
-    layers += [nn.AdaptiveAvgPool3d(grid), nn.Flatten()]
-
-    head: list[nn.Module] = []
-    features = channels * grid**3
-    for units in dense:
-        head += [nn.Linear(features, units), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-        features = units
-    head.append(nn.Linear(features, n_classes))
-    return CNN3d(nn.Sequential(*layers), nn.Sequential(*head))
+    return build_convnet(name, 3, in_channels, n_classes, image_size, stages=stages,
+                         dense=dense, head_grid=_HEAD_GRID, width=width, depth=depth,
+                         dropout=dropout, batch_norm=batch_norm, stem=stem,
+                         stem_stride=stem_stride)
 
 
 @register_model(dims=3)

@@ -21,9 +21,8 @@ from collections.abc import Callable
 from torch import nn
 
 from bench.models import register_model
-from bench.models.common import as_float, check_choice, check_dropout, check_inputs, scaled
 from bench.models.resnet import ResNet
-from bench.models.resnet3d import BasicBlock3d
+from bench.models.resnet3d import build_resnet18_3d
 
 ConvFactory = Callable[[nn.Conv3d], nn.Module]
 
@@ -52,15 +51,8 @@ def sliced_resnet18(
     dropout: float,
 ) -> ResNet:
     """The `resnet18_3d` trunk (same width/stem rules) with its k > 1 convolutions replaced."""
-    check_inputs(name, in_channels, n_classes, image_size)
-    width = as_float(name, "width", width, lo=0.05, hi=8.0)
-    stem = check_choice(name, "stem", stem, ["auto", "stride1", "stride2"])
-    dropout = check_dropout(name, dropout)
-    if stem == "auto":
-        stem = "stride1" if image_size < 64 else "stride2"
-    model = ResNet(BasicBlock3d, [2, 2, 2, 2], in_channels, n_classes, stem_kernel=3,
-                   stem_stride=1 if stem == "stride1" else 2, stem_pool=False,
-                   base_width=scaled(64, width), dropout=dropout, dims=3)
+    model = build_resnet18_3d(name, in_channels, n_classes, image_size, width=width, stem=stem,
+                              dropout=dropout)
     _replace_convs(model, make)
     return model
 

@@ -29,6 +29,21 @@ class BasicBlock3d(BasicBlock):
         super().__init__(inplanes, planes, stride, downsample, dims=3)
 
 
+def build_resnet18_3d(name: str, in_channels: int, n_classes: int, image_size: int, *,
+                      width: float, stem: str, dropout: float) -> ResNet:
+    """The 3D ResNet-18 trunk of `name` (resnet18_3d, and the 2.5D/ACS families that swap its
+    convolutions): `width` scales 64-128-256-512; stem 'auto' is 'stride1' below 64 px."""
+    check_inputs(name, in_channels, n_classes, image_size)
+    width = as_float(name, "width", width, lo=0.05, hi=8.0)
+    stem = check_choice(name, "stem", stem, ["auto", "stride1", "stride2"])
+    dropout = check_dropout(name, dropout)
+    if stem == "auto":
+        stem = "stride1" if image_size < 64 else "stride2"
+    return ResNet(BasicBlock3d, [2, 2, 2, 2], in_channels, n_classes, stem_kernel=3,
+                  stem_stride=1 if stem == "stride1" else 2, stem_pool=False,
+                  base_width=scaled(64, width), dropout=dropout, dims=3)
+
+
 @register_model(dims=3)
 def resnet18_3d(
     in_channels: int,
@@ -41,21 +56,5 @@ def resnet18_3d(
 ) -> nn.Module:
     """3D ResNet-18; `width` scales every stage (64-128-256-512 at 1.0); stem 'auto' is
     'stride1' below 64 px, else 'stride2'."""
-    check_inputs("resnet18_3d", in_channels, n_classes, image_size)
-    width = as_float("resnet18_3d", "width", width, lo=0.05, hi=8.0)
-    stem = check_choice("resnet18_3d", "stem", stem, ["auto", "stride1", "stride2"])
-    dropout = check_dropout("resnet18_3d", dropout)
-    if stem == "auto":
-        stem = "stride1" if image_size < 64 else "stride2"
-    return ResNet(
-        BasicBlock3d,
-        [2, 2, 2, 2],
-        in_channels,
-        n_classes,
-        stem_kernel=3,
-        stem_stride=1 if stem == "stride1" else 2,
-        stem_pool=False,
-        base_width=scaled(64, width),
-        dropout=dropout,
-        dims=3,
-    )
+    return build_resnet18_3d("resnet18_3d", in_channels, n_classes, image_size, width=width,
+                             stem=stem, dropout=dropout)
