@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,21 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """`medbench ARGS` through `bench.cli.main` (UserError -> exit 2): (code, stdout, stderr)."""
-    import sys
-
-    from bench import cli as cli_module
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["medbench", *map(str, argv)])
-        code = 0
-        try:
-            cli_module.main()
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *argv: run_main(monkeypatch, capsys, *argv)
 
 
 def save_run(run: Path, dataset: str, model: str, **hp) -> torch.nn.Module:
