@@ -513,6 +513,18 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (Terminated) that Typer's `Exit(130)` stands for, if any: found
+    in the exception's chain, so a command that exits 130 on its own is left alone."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def os_error_text(e: OSError) -> str:
     """What failed, where, and the space left there (writes are atomic: the file being written
     was left as it was before)."""
@@ -543,7 +555,13 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app()
+        try:
+            app()
+        except SystemExit as e:  # Typer turns any KeyboardInterrupt into a silent exit 130
+            stop = _interrupt_behind(e)
+            if stop is None:
+                raise
+            raise stop from None
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

@@ -82,31 +82,51 @@ def test_soak_short(tmp_path) -> None:
     assert len(report["units"]) == 4 + 2 + 2
 
 
-RAY_THEN_WAIT = ("import os, time\nfrom bench import cli\nfrom bench.search import init_ray\n"
-                 "def app():\n    init_ray(None, 1)\n    print('ready', flush=True)\n"
-                 "    time.sleep(300)\ncli.app = app\ncli.main()\n")
+# A real Typer command (Typer itself turns a KeyboardInterrupt into a silent exit 130, so a
+# stand-in for `cli.app` would not show it), optionally after the Ray node started.
+NAP = ("import sys, time\nfrom bench import cli\nfrom bench.search import init_ray\n"
+       "@cli.app.command('nap')\ndef nap(ray: bool = False) -> None:\n"
+       "    if ray:\n        init_ray(None, 1)\n"
+       "    print('ready', flush=True)\n    time.sleep(300)\n"
+       "sys.argv = ['medbench', 'nap', *sys.argv[1:]]\ncli.main()\n")
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_sigterm_after_ray_started_stops_in_order(tmp_path) -> None:
-    """ray.init installs its own SIGTERM handlers (Python's sys.exit and a C++ stack dump that
-    ends in SIGABRT); init_ray puts the CLI's back, so a `kill` of a real run exits 143 with
-    the resume hint, as in tests/test_signals.py without Ray."""
+def _stop(sig, *args: str) -> tuple[int, str]:
     import os
-    import signal
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-c", RAY_THEN_WAIT], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", NAP, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, 9)
             proc.wait()
-    assert proc.returncode == 143, err[-3000:]
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(("sig", "code", "what"), [("SIGTERM", 143, "SIGTERM"),
+                                                   ("SIGINT", 130, "Ctrl-C (SIGINT)")])
+def test_a_real_command_stops_with_the_resume_hint(sig, code, what) -> None:
+    import signal
+
+    rc, err = _stop(getattr(signal, sig))
+    assert rc == code, err[-3000:]
+    assert f"stopped by {what}" in err and "Resume with the same command" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_after_ray_started_stops_in_order() -> None:
+    """ray.init installs its own SIGTERM handlers (Python's sys.exit and a C++ stack dump that
+    ends in SIGABRT); init_ray puts the CLI's back, so a `kill` of a real run exits 143 with
+    the resume hint instead of aborting (exit 134)."""
+    import signal
+
+    rc, err = _stop(signal.SIGTERM, "--ray")
+    assert rc == 143, err[-3000:]
     assert "stopped by SIGTERM" in err and "SIGTERM received" not in err, err[-3000:]
