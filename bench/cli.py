@@ -509,7 +509,11 @@ class Terminated(KeyboardInterrupt):
     in order, files closed) instead of dying inside Ray's C++ threads."""
 
 
+_SIGNALS: list[int] = []  # signals received; Ray re-raises a Terminated as a KeyboardInterrupt
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGNALS.append(signum)
     raise Terminated()
 
 
@@ -565,15 +569,15 @@ def main() -> None:
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except Terminated:
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Terminated) and not _SIGNALS:
+            typer.echo(STOPPED.format(what="Ctrl-C (SIGINT)"), err=True)
+            sys.exit(130)
         typer.echo(STOPPED.format(what="SIGTERM"), err=True)
         sys.exit(143)
     except OSError as e:  # disk full, read-only, permissions: one line, exit 1
         typer.echo(f"error: {os_error_text(e)}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo(STOPPED.format(what="Ctrl-C (SIGINT)"), err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -85,9 +85,11 @@ def test_soak_short(tmp_path) -> None:
 # A real Typer command (Typer itself turns a KeyboardInterrupt into a silent exit 130, so a
 # stand-in for `cli.app` would not show it), optionally after the Ray node started.
 NAP = ("import sys, time\nfrom bench import cli\nfrom bench.search import init_ray\n"
+       "def snooze():\n    time.sleep(300)\n"
        "@cli.app.command('nap')\ndef nap(ray: bool = False) -> None:\n"
-       "    if ray:\n        init_ray(None, 1)\n"
-       "    print('ready', flush=True)\n    time.sleep(300)\n"
+       "    if not ray:\n        print('ready', flush=True)\n        time.sleep(300)\n"
+       "    import ray as r\n    init_ray(None, 1)\n    task = r.remote(num_cpus=0)(snooze)\n"
+       "    print('ready', flush=True)\n    r.get(task.remote())  # the driver waits in Ray\n"
        "sys.argv = ['medbench', 'nap', *sys.argv[1:]]\ncli.main()\n")
 
 
@@ -124,7 +126,8 @@ def test_a_real_command_stops_with_the_resume_hint(sig, code, what) -> None:
 def test_sigterm_after_ray_started_stops_in_order() -> None:
     """ray.init installs its own SIGTERM handlers (Python's sys.exit and a C++ stack dump that
     ends in SIGABRT); init_ray puts the CLI's back, so a `kill` of a real run exits 143 with
-    the resume hint instead of aborting (exit 134)."""
+    the resume hint instead of aborting (exit 134). The driver waits inside ray.get, which
+    re-raises the handler's exception as a plain KeyboardInterrupt (still SIGTERM: 143)."""
     import signal
 
     rc, err = _stop(signal.SIGTERM, "--ray")
