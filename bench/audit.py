@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import time
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from bench.data import (
     ensure_file,
     file_md5,
     npz_path,
+    read_npz,
 )
 from bench.errors import UserError
 
@@ -70,12 +70,7 @@ def load_for_audit(flag: str, size: int = 28, data_dir: str | Path | None = None
     info = dataset_info(flag)
     check_size(info, size)
     path = ensure_file(flag, size, data_dir, allow_download)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npz file ({' '.join(str(e).split())}); "
-                        "delete it and download it again.") from e
+    arrays = read_npz(path)
     top = 1 if info.multi_label else info.n_classes - 1
     clipped = {k: (np.clip(v, 0, top) if k.endswith("_labels") and v.dtype.kind in "iu"
                    else v) for k, v in arrays.items()}

@@ -233,14 +233,19 @@ def load_arrays(flag: str, size: int = 28, data_dir: str | Path | None = None,
             "corrupt or not the MedMNIST release. Delete it and re-download, or pass "
             "--no-verify to use it anyway (synthetic test data)."
         )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npz file ({e}); delete it and "
-                        "download it again.") from e
+    arrays = read_npz(path)
     _check_arrays(info, size, arrays, path)
     return arrays
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz file (never unpickling), or one UserError line naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npz file ({' '.join(str(e).split())}); "
+                        "delete it and download it again.") from e
 
 
 def _check_arrays(info: DatasetInfo, size: int, arrays: dict[str, np.ndarray], path: Path) -> None:
