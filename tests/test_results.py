@@ -3,6 +3,7 @@ a failed write leaves nothing behind, files get the user's umask; and the writer
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -161,3 +162,22 @@ def test_final_row_of_a_failed_seed_says_why_and_has_no_metrics() -> None:
     assert (row["status"], row["error"]) == ("failed", "RuntimeError: out of memory")
     assert not {"val_auc", "test_auc", "history", "wall_s"} & set(row)
     assert row["run_dir"].endswith("seed1001")
+
+
+def test_atomic_write_makes_missing_parents_and_hides_its_temp_file(tmp_path: Path) -> None:
+    """The temp file is a dotfile named after its target, with the target's suffix, in the
+    target's folder: hidden from `ls` and shell globs (`glob.glob("*.csv")`), a leftover says
+    what it was, and a writer that infers the format from the extension sees the right one.
+    Missing parent folders (runs/<name>/final/<dataset>/...) are created."""
+    target = tmp_path / "new" / "nested" / "table.csv"
+    seen = {}
+
+    def write(tmp: Path) -> None:
+        seen["tmp"] = tmp
+        seen["glob"] = glob.glob(str(target.parent / "*.csv"))
+        tmp.write_text("a,b\n")
+
+    atomic_write(target, write)
+    assert target.read_text() == "a,b\n"
+    assert seen["tmp"].parent == target.parent and seen["tmp"].suffix == ".csv"
+    assert seen["tmp"].name.startswith(".table.csv.") and seen["glob"] == []
