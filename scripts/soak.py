@@ -85,7 +85,7 @@ def write_inputs(work: Path, num_samples: int, epochs: int, final_seeds: int) ->
 
 
 def run_once(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | None,
-             rng: random.Random, limit_s: float) -> dict:
+             rng: random.Random, limit_s: float, leftover_wait_s: float = 20) -> dict:
     """One launch; with `kill` ({"phase": search|final, "signal": KILL|TERM}) the driver is
     signalled once its trace shows that phase running, after a random short delay."""
     start_events = len(read_trace(trace))
@@ -135,8 +135,8 @@ def run_once(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | Non
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     # a SIGKILLed driver's Ray processes exit on their own (counted if they have not after
-    # 20 s, then killed), so no old worker still writes when the next launch starts
-    deadline = time.time() + 20
+    # leftover_wait_s, then killed), so no old worker still writes when the next launch starts
+    deadline = time.time() + leftover_wait_s
     while session_alive(proc.pid) and time.time() < deadline:
         time.sleep(0.5)
     if left := session_alive(proc.pid):
@@ -148,12 +148,13 @@ def run_once(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | Non
 
 
 def launch(cmd: list[str], env: dict, log: Path, trace: Path, kill: dict | None,
-           rng: random.Random, limit_s: float, tries: int = 4) -> dict:
+           rng: random.Random, limit_s: float, leftover_wait_s: float = 20,
+           tries: int = 4) -> dict:
     """run_once, again when the Ray node itself failed to start (an overloaded machine: Ray
     2.60 waits a fixed 30 s for its raylet); such launches are counted, not treated as kills."""
     failed = 0
     while True:
-        info = run_once(cmd, env, log, trace, kill, rng, limit_s)
+        info = run_once(cmd, env, log, trace, kill, rng, limit_s, leftover_wait_s)
         if info.get("startup_failed") and failed + 1 < tries:
             failed += 1
             continue
@@ -214,6 +215,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, help="folder for data, run and trace (default: temp)")
     ap.add_argument("--json", type=Path, help="also write the report here")
     ap.add_argument("--launch-limit-s", type=float, default=600)
+    ap.add_argument("--leftover-wait-s", type=float, default=20,
+                    help="how long a SIGKILLed driver's Ray processes may take to exit")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
@@ -232,12 +235,13 @@ def main() -> int:
     launches = []
     t0 = time.time()
     for kill in plan:
-        info = launch(cmd, env, log, trace, kill, rng, args.launch_limit_s)
+        info = launch(cmd, env, log, trace, kill, rng, args.launch_limit_s,
+                      args.leftover_wait_s)
         launches.append(info)
         print(json.dumps(info), flush=True)
         if info["rc"] == 0:  # it finished before the kill point: nothing left to kill
             break
-    final = launch(cmd, env, log, trace, None, rng, args.launch_limit_s)
+    final = launch(cmd, env, log, trace, None, rng, args.launch_limit_s, args.leftover_wait_s)
     launches.append(final)
     print(json.dumps(final), flush=True)
     report = {"kills": sum(bool(x.get("signalled")) for x in launches), "planned": args.kills,

@@ -71,7 +71,8 @@ def test_soak_short(tmp_path) -> None:
     """Two kills (SIGKILL in the search, SIGTERM in the selection/final phase), one resume
     each, then every training finished exactly once and the tables are complete."""
     out = subprocess.run([sys.executable, "scripts/soak.py", "--kills", "2", "--seed", "1",
-                          "--num-samples", "4", "--epochs", "2", "--work", str(tmp_path),
+                          "--num-samples", "4", "--epochs", "2", "--leftover-wait-s", "5",
+                          "--work", str(tmp_path),
                           "--json", str(tmp_path / "report.json")],
                          cwd=REPO, capture_output=True, text=True, timeout=880)
     report = json.loads((tmp_path / "report.json").read_text())
