@@ -36,3 +36,12 @@ def invoke(*args: object) -> Result:
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that must see Ctrl-C: a test suite started in the background
+    by a non-interactive shell (`cmd &`, as CI runners may do) inherits SIGINT *ignored*, and
+    Python keeps an ignored SIGINT ignored; a user's terminal has the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

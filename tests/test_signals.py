@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 BUSY = ("import sys, time\nfrom bench import cli\n"
@@ -20,7 +21,7 @@ BUSY = ("import sys, time\nfrom bench import cli\n"
                                                    (signal.SIGINT, 130, "Ctrl-C")])
 def test_signal_stops_the_driver_with_a_resume_hint(sig, code, what) -> None:
     proc = subprocess.Popen([sys.executable, "-c", BUSY], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)

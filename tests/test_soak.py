@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,7 +101,7 @@ def _stop(sig, *args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, "-c", NAP, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         proc.send_signal(sig)
