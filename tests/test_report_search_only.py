@@ -4,11 +4,10 @@ report (best trials by validation, search figures, the run's record), not an err
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
+from cli_helpers import run_main
 
-from bench import cli
 from bench.results import TRIAL_COLUMNS, write_json, write_table
 
 
@@ -40,13 +39,7 @@ def search_only_run(root, n: int = 6):
 def test_report_on_a_search_only_directory(tmp_path, monkeypatch, capsys):
     run = tmp_path / "s1"
     rows = search_only_run(run)
-    monkeypatch.setattr(sys, "argv", ["medbench", "report", str(run)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
+    code, out, err = run_main(monkeypatch, capsys, "report", run)
     assert code == 0, err
     report = run / "report.md"
     assert f"report: {report}" in out

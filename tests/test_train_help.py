@@ -4,23 +4,16 @@ lets a preset or a config file decide (defaults < preset < config file < options
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import fields
 
-from bench import cli
+import cli_helpers
+
 from bench.errors import UserError
 
 
 def run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["medbench", *map(str, argv)])
     monkeypatch.setenv("COLUMNS", "200")  # one help row per option
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_helpers.run_main(monkeypatch, capsys, *argv)
 
 
 def test_train_help_shows_the_trainconfig_defaults(monkeypatch, capsys):
