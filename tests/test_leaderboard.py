@@ -434,3 +434,22 @@ def test_seeds_scored_on_different_test_labels_are_an_error(tmp_path):
     np.savez(rel, **arrays)
     with pytest.raises(UserError, match="different test labels"):
         build_leaderboard(run, n_boot=20)
+
+
+def test_a_one_seed_entry_gets_the_reference_ci_no_std_and_no_ensemble(tmp_path):
+    """`medbench train --seeds 7` makes a one-seed final table: its board row still has the
+    bootstrap CI over test images (the reference bootstrap of that one seed), no std, and no
+    `×1 ens` entry (an ensemble of one seed is the seed itself)."""
+    from reference_stats import reference_bootstrap
+
+    y, runs = _binary_seeds()
+    n_boot = 150
+    want = reference_bootstrap(y, runs[:1], "binary-class", n_boot)
+    run = _constructed_run(tmp_path, "one", "breastmnist", y, {"cnn": runs[:1]})
+    board = build_leaderboard(run, n_boot=n_boot)
+    assert list(board["kind"]) == ["single"]
+    r = board.iloc[0]
+    assert r["n_seeds"] == 1 and math.isnan(r["test_acc_std"])
+    for m in ("acc", "auc"):
+        assert (r[f"{m}_lo"], r[f"{m}_hi"]) == pytest.approx(want[m], abs=1e-12)
+        assert r[f"{m}_lo"] <= r[f"test_{m}_mean"] <= r[f"{m}_hi"]
