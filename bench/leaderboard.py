@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import metrics, selection
+from bench import ensemble, metrics, selection
 from bench.baselines import load_published
 from bench.errors import UserError
 from bench.results import read_table
@@ -31,7 +31,10 @@ REF_3D = "ResNet-18+3D"
 # trials and all final seeds (failed included: they cost too) -- a sum, not elapsed time, since
 # trials run in parallel; `run_wall_s` is the whole run's elapsed time from meta.json.
 # `family` names the entry: a family's seeds as single models, or `<family> ×N ens` for their
-# averaged probabilities (kind "ensemble"). `picked`: the entry the run's rule chooses per
+# averaged probabilities (kind "ensemble"), or a blend of several families' seed ensembles,
+# `<family> ×N (w) + ... ens` with `weights` (JSON family -> weight; bench.ensemble: fitted and
+# cross-checked on validation only, and present only when it beats one family out of fold).
+# `picked`: the entry the run's rule chooses per
 # dataset, by validation score only (bench.selection.pick_entries).
 BOARD_COLUMNS = [
     "run", "dataset", "family", "kind", "picked", "val_score", "size", "task", "n_seeds",
@@ -44,7 +47,7 @@ BOARD_COLUMNS = [
     "delta_acc_vs_resnet18", "delta_auc_vs_resnet18", "delta_acc_vs_best", "delta_auc_vs_best",
     "verdict_acc_vs_resnet18", "verdict_auc_vs_resnet18",
     "verdict_acc_vs_best", "verdict_auc_vs_best",
-    "trials", "device_s", "wall_s", "run_wall_s", "baseline_note",
+    "trials", "device_s", "wall_s", "run_wall_s", "baseline_note", "weights",
 ]
 
 
@@ -213,6 +216,7 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
     published = load_published()
     audits: dict = {}  # (root, flag, size) -> data audit or None, looked up once
     rows = []
+    pools: dict[tuple, list[tuple[dict, pd.DataFrame, dict]]] = {}  # blend candidates
     for (run, flag, family, size), g in seeds.groupby(["run", "dataset", "family", "size"],
                                                       sort=True):
         task = task_of(flag)
@@ -246,13 +250,22 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
             ens.update(_compare(ens, cand, ref))
             ens.update(_leakfree(ok, task, audits, ensemble=True))
             rows.append(ens)
+            pools.setdefault((run, flag, int(size)), []).append((row, ok, ens))
+    for pool in pools.values():
+        blended = _blend_row(pool, n_boot, audits)
+        if blended is not None:
+            cand, ref, _ = comparable_baselines(published, blended["dataset"], blended["size"])
+            blended.update(_compare(blended, cand, ref))
+            rows.append(blended)
     board = pd.DataFrame.from_records(rows, columns=BOARD_COLUMNS)
     return mark_picked(board)
 
 
-def _leakfree(ok: pd.DataFrame, task: str, audits: dict, ensemble: bool = False) -> dict:
+def _leakfree(ok: pd.DataFrame, task: str, audits: dict, ensemble: bool = False,
+              scores: dict[str, np.ndarray] | None = None) -> dict:
     """Test ACC/AUC without the test images that have a copy in train/val (bench.audit); the
-    official numbers stay the headline and the verdicts use them. NaN without an audit."""
+    official numbers stay the headline and the verdicts use them. NaN without an audit.
+    `scores`: an entry's own probabilities (a blend) instead of those of `ok`'s seeds."""
     from bench.audit import audit_for_run, leakage_free
 
     if ok.empty:
@@ -261,8 +274,12 @@ def _leakfree(ok: pd.DataFrame, task: str, audits: dict, ensemble: bool = False)
     key = (str(r["root"]), str(r["dataset"]), int(r["size"]))
     if key not in audits:
         audits[key] = audit_for_run(*key)
-    loaded = ([ensemble_scores(ok)] if ensemble
-              else [load_scores(x.root, x.run_dir) for x in ok.itertuples()])
+    if scores is not None:
+        loaded = [scores]
+    elif ensemble:
+        loaded = [ensemble_scores(ok)]
+    else:
+        loaded = [load_scores(x.root, x.run_dir) for x in ok.itertuples()]
     if any(s is None for s in loaded):
         return leakage_free([], None, task)
     return leakage_free(loaded, audits[key], task)
@@ -297,6 +314,70 @@ def _ensemble_row(single: dict, ok: pd.DataFrame, task: str, n_boot: int) -> dic
     for m in METRICS:
         row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]
     return row
+
+
+def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict]], n_boot: int,
+               audits: dict) -> dict | None:
+    """The families' seed ensembles of one (run, dataset, size) blended with weights fitted on
+    validation (bench.ensemble), as an entry of its own; None when the blend is not kept. Its
+    cost is the sum of its members' (their searches and seeds)."""
+    if len(pool) < 2:
+        return None
+    task = pool[0][0]["task"]
+    members = {single["family"]: ensemble_scores(ok) for single, ok, _ in pool}
+    b = ensemble.blend(members, task)
+    if b is None:
+        return None
+    used = [(single, ok) for single, ok, _ in pool if single["family"] in b["weights"]]
+    used.sort(key=lambda u: -b["weights"][u[0]["family"]])
+    test = metrics.evaluate(b["test_labels"], b["test_scores"], task)
+    val = metrics.evaluate(b["val_labels"], b["val_scores"], task)
+    ci = metrics.bootstrap_ci(b["test_labels"], [b["test_scores"]], task, n_boot=n_boot)
+    first = used[0][0]
+    row = {k: first[k] for k in ("run", "dataset", "size", "task", "run_wall_s",
+                                 "baseline_note")}
+    name = " + ".join(f"{s['family']} ×{len(ok)} ({b['weights'][s['family']]:.1f})"
+                      for s, ok in used)
+    row.update(family=f"{name} ens", kind="ensemble",
+               weights=json.dumps(b["weights"]),
+               n_seeds=sum(len(ok) for _, ok in used),
+               n_failed=sum(int(s["n_failed"]) for s, _ in used),
+               trials=sum(int(s["trials"]) for s, _ in used),
+               device_s=sum(float(s["device_s"]) for s, _ in used),
+               wall_s=sum(float(s["wall_s"]) for s, _ in used),
+               test_acc_mean=test["acc"], test_auc_mean=test["auc"], test_acc_std=math.nan,
+               test_auc_std=math.nan, val_auc_mean=val["auc"],
+               val_score=selection.score(val["auc"], val["acc"]))
+    for m in METRICS:
+        row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]
+    row.update(_leakfree(used[0][1], task, audits, scores=b))
+    return row
+
+
+def entry_weights(entry: pd.Series | dict) -> dict[str, float]:
+    """The trained families behind a board entry and their weights: one family with weight 1
+    for a single model or a seed ensemble (`cnn_small ×3 ens` -> cnn_small), the blend's
+    weights for a blend."""
+    raw = entry.get("weights")
+    if isinstance(raw, str) and raw:
+        return {str(k): float(v) for k, v in json.loads(raw).items()}
+    fam = str(entry["family"])
+    return {fam.rsplit(" ×", 1)[0] if entry.get("kind") == "ensemble" else fam: 1.0}
+
+
+def entry_scores(seeds: pd.DataFrame, entry: pd.Series | dict) -> dict[str, np.ndarray] | None:
+    """Val/test probabilities of an ensemble entry from its members' seeds (`seeds`: the final
+    rows of its run and dataset): each family's seeds averaged, then the families mixed by the
+    entry's weights. None when a member family has fewer than two seeds with scores on disk."""
+    parts = []
+    for fam, w in entry_weights(entry).items():
+        s = ensemble_scores(seeds[(seeds["family"] == fam) & (seeds["status"] == "ok")])
+        if s is None:
+            return None
+        parts.append((w, s))
+    mixed = {k: sum(w * s[k] for w, s in parts) for k in ("val_scores", "test_scores")}
+    return {**mixed, "val_labels": parts[0][1]["val_labels"],
+            "test_labels": parts[0][1]["test_labels"]}
 
 
 def mark_picked(board: pd.DataFrame) -> pd.DataFrame:
@@ -385,7 +466,9 @@ def _md(board: pd.DataFrame) -> str:
     out = ["Cells: mean ± std over seeds [95% bootstrap CI over test images and seeds]. "
            "Published values beside ours with (ours − published, verdict); a verdict is "
            "**above**/**below** only when our CI excludes the published number. "
-           "`×N ens`: the N seeds' probabilities averaged (CI over test images). "
+           "`×N ens`: the N seeds' probabilities averaged (CI over test images); "
+           "`a ×N (w) + b ×M (v) ens`: the families' seed ensembles blended with weights "
+           "fitted on validation, kept only when that beats one family out of fold. "
            "**picked**: the entry the run chooses per dataset, by validation score only.", ""]
     multi_run = board["run"].nunique() > 1
     for flag, g in board.groupby("dataset", sort=True):

@@ -35,6 +35,8 @@ from bench.leaderboard import (  # noqa: E402
     as_paths,
     build_leaderboard,
     comparable_baselines,
+    entry_scores,
+    entry_weights,
     format_best_trials,
     format_board,
     format_summary,
@@ -132,16 +134,17 @@ def is_ensemble(entry: pd.Series) -> bool:
 
 
 def base_family(entry: pd.Series) -> str:
-    """The trained family behind an entry (`cnn_small ×3 ens` -> `cnn_small`)."""
-    fam = str(entry["family"])
-    return fam.rsplit(" ×", 1)[0] if is_ensemble(entry) else fam
+    """The trained family behind an entry (`cnn_small ×3 ens` -> `cnn_small`); a blend of
+    several families keeps its own name (it is no one family's ensemble)."""
+    families = list(entry_weights(entry))
+    return families[0] if len(families) == 1 else str(entry["family"])
 
 
 def entry_seeds(seeds: pd.DataFrame, entry: pd.Series) -> pd.DataFrame:
     """The successful final seeds behind one leaderboard entry (an ensemble's members)."""
     m = ((seeds["run"] == entry["run"]) & (seeds["dataset"] == entry["dataset"])
-         & (seeds["family"] == base_family(entry)) & (seeds["size"] == int(entry["size"]))
-         & (seeds["status"] == "ok"))
+         & seeds["family"].isin(list(entry_weights(entry)))
+         & (seeds["size"] == int(entry["size"])) & (seeds["status"] == "ok"))
     return seeds[m]
 
 
@@ -588,10 +591,10 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
     if best is None:
         return [*out, head, ""]
     if is_ensemble(entry):
-        from bench import leaderboard  # ensemble entries exist only where it averages seeds
-
-        sc, size = leaderboard.ensemble_scores(mine), int(entry["size"])
-        who = f"{entry_name} ({len(mine)} seeds' probabilities averaged)"
+        sc, size = entry_scores(mine, entry), int(entry["size"])
+        how = ("averaged" if len(entry_weights(entry)) == 1
+               else "averaged per family, families mixed by validation-fitted weights")
+        who = f"{entry_name} ({len(mine)} seeds' probabilities {how})"
         out += [head + "The figures below show that ensemble: test ACC "
                 f"{entry['test_acc_mean']:.3f}, AUC {entry['test_auc_mean']:.3f}.", ""]
     else:
