@@ -77,7 +77,9 @@ def test_published_table_missing_flag_is_an_error(tmp_path, monkeypatch):
 
 def test_board_numbers_equal_metrics_from_scores(run_a, board):
     assert list(board.columns) == BOARD_COLUMNS
-    assert len(board) == 8 and (board["kind"] == "ensemble").sum() == 4  # one per family
+    seed_ens = (board["kind"] == "ensemble") & board["weights"].isna()
+    assert seed_ens.sum() == 4  # one per family
+    assert len(board) == 8 + board["weights"].notna().sum()  # + a blend where one is kept
     board = board[board["kind"] == "single"]
     seeds = load_seeds(run_a)
     for r in board.itertuples():
@@ -159,7 +161,8 @@ def test_merging_two_runs(run_a, board, tmp_path):
     run_b = make_run(tmp_path, "run-b", strengths={"cnn": 2.0}, seed=5,
                      datasets=("breastmnist",), size=64)
     merged = build_leaderboard([run_a, run_b], n_boot=N_BOOT)
-    assert len(merged) == 10 and set(merged["run"]) == {"run-a", "run-b"}  # 5 + 5 ensembles
+    # run-b: one family and its seed ensemble beside run-a's rows
+    assert len(merged) == len(board) + 2 and set(merged["run"]) == {"run-a", "run-b"}
     b = merged[merged["run"] == "run-b"].iloc[0]
     assert (b["dataset"], b["family"], b["size"]) == ("breastmnist", "cnn", 64)
     assert b["ref_method"] == "ResNet-18 (224)" and "compare with the '(224)'" in b["baseline_note"]
@@ -234,7 +237,7 @@ def test_formats_parse(board):
     assert "### breastmnist (binary-class)" in md and "### retinamnist" in md
     assert re.search(r"\d\.\d{3} ± \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", md)
     assert "3 (+1 failed)" in md
-    table = [ln for ln in md.splitlines() if ln.startswith("| cnn")]
+    table = [ln for ln in md.splitlines() if ln.startswith("| cnn |")]
     assert len(table) == 2 and all(ln.count("|") == 12 for ln in table)
     csv = pd.read_csv(io.StringIO(format_board(board, "csv")))
     assert list(csv.columns) == BOARD_COLUMNS and len(csv) == len(board)
@@ -277,7 +280,7 @@ def test_ensemble_rows_rescored_by_medmnist_evaluator(run_a, board, tmp_path):
     """A `×N ens` entry = its seeds' test CSVs averaged, scored by medmnist's own Evaluator;
     its cost is its members' cost; its CI is over test images, and it holds the mean."""
     seeds = load_seeds(run_a)
-    ens = board[board["kind"] == "ensemble"]
+    ens = board[(board["kind"] == "ensemble") & board["weights"].isna()]  # blends: test_ensemble
     assert len(ens) == 4
     for r in ens.itertuples():
         family = r.family.split(" ×")[0]
