@@ -456,3 +456,18 @@ def test_a_one_seed_entry_gets_the_reference_ci_no_std_and_no_ensemble(tmp_path)
     for m in ("acc", "auc"):
         assert (r[f"{m}_lo"], r[f"{m}_hi"]) == pytest.approx(want[m], abs=1e-12)
         assert r[f"{m}_lo"] <= r[f"test_{m}_mean"] <= r[f"{m}_hi"]
+
+
+def test_a_one_seed_entry_without_scores_warns_by_name_and_has_no_ci(tmp_path):
+    """A one-seed entry whose scores.npz is gone: one warning naming dataset/family (read from
+    that only seed), NaN CI, verdicts n/a; the mean from final.parquet stays."""
+    y, runs = _binary_seeds(seed=4)
+    run = _constructed_run(tmp_path, "lost", "breastmnist", y, {"cnn": runs[:1]})
+    (run / "final/breastmnist/cnn/seed0/scores.npz").unlink()
+    with pytest.warns(UserWarning, match=r"missing for some seeds of breastmnist/cnn: no CI"):
+        board = build_leaderboard(run, n_boot=20)
+    r = board.iloc[0]
+    assert r["n_seeds"] == 1 and not math.isnan(r["test_auc_mean"])
+    for m in ("acc", "auc"):
+        assert math.isnan(r[f"{m}_lo"]) and math.isnan(r[f"{m}_hi"])
+        assert r[f"verdict_{m}_vs_resnet18"] == r[f"verdict_{m}_vs_best"] == "n/a"

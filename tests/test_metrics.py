@@ -361,3 +361,39 @@ def test_bootstrap_drops_replicates_without_a_class() -> None:
     want = reference_bootstrap(y, runs, "binary-class", 200, (2.5, 97.5), seed=1)
     assert 0 < want["kept"] < 200
     _assert_ci_equal(bootstrap_ci(y, runs, "binary-class", n_boot=200, seed=1), want)
+
+
+def test_rank_auc_rows_equal_sklearn_and_one_class_rows_are_nan_without_warnings() -> None:
+    """The vectorised AUC row by row against sklearn's roc_auc_score, on the edge rows a
+    bootstrap of an imbalanced test set draws: a single positive, a single negative, ties, and
+    rows of one class only (NaN, silently: a 1000-replicate CI must not print 0/0 warnings)."""
+    import warnings
+
+    from bench.metrics import _rank_auc
+
+    rng = np.random.default_rng(4)
+    score = np.round(rng.random((6, 12)), 1)
+    pos = np.zeros((6, 12), dtype=bool)
+    pos[0, 5] = True               # one positive
+    pos[1] = True
+    pos[1, 7] = False              # one negative
+    pos[2, ::3] = True             # a few positives, ties in the scores
+    pos[3] = rng.random(12) < 0.5
+    pos[3, :2] = [True, False]
+    pos[5] = True                  # row 4: no positive; row 5: no negative
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _rank_auc(pos, score)
+    for r in range(4):
+        assert got[r] == pytest.approx(roc_auc_score(pos[r], score[r]), abs=1e-12), r
+    assert np.isnan(got[4]) and np.isnan(got[5])
+
+
+def test_bootstrap_of_one_column_binary_scores_equals_the_two_column_layout() -> None:
+    """Binary scores given as the class-1 probability alone (N,) give the same CI as the
+    (N, 2) softmax layout, which equals the slow reference."""
+    y, runs = _tied_runs("binary-class", n=60, n_runs=2, k=2)
+    want = reference_bootstrap(y, runs, "binary-class", 60, (2.5, 97.5), seed=5)
+    _assert_ci_equal(bootstrap_ci(y, runs, "binary-class", n_boot=60, seed=5), want)
+    _assert_ci_equal(bootstrap_ci(y, [s[:, 1] for s in runs], "binary-class", n_boot=60,
+                                  seed=5), want)
