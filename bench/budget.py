@@ -66,3 +66,49 @@ def accounting(spec: Any, tables: dict[str, list[dict]], slots: int,
             "final_device_s": spent.get("final", 0.0),
             "spent_device_s": sum(spent.values())}
     return out
+
+
+def full_run_costs(trials: list[dict], dataset: str, fidelity: dict[str, Any] | None
+                   ) -> dict[str, dict[str, float]]:
+    """Per family of `dataset`: the device-seconds of one selection re-run (a trial's full
+    epochs) and of one final seed (`final_epochs` of them), from the search's own trials: the
+    median device-seconds per epoch run, times the epochs. Families without a timed trial are
+    left out (they have nothing to re-run)."""
+    per_epoch: dict[str, list[float]] = {}
+    epochs: dict[str, int] = {}
+    for t in trials:
+        if t.get("dataset") != dataset or t.get("status") != "ok":
+            continue
+        ran, cost = int(t.get("epochs_run") or 0), float(t.get("device_s") or 0)
+        full = int((t.get("config") or {}).get("epochs") or 0)
+        if ran > 0 and cost > 0 and full > 0:
+            per_epoch.setdefault(t["family"], []).append(cost / ran)
+            epochs[t["family"]] = full
+    out = {}
+    for family, costs in per_epoch.items():
+        median = sorted(costs)[len(costs) // 2]
+        out[family] = {"rerun_s": median * epochs[family],
+                       "final_s": median * final_epochs(epochs[family], fidelity or {})}
+    return out
+
+
+def plan_rest(remaining_s: float, costs: dict[str, dict[str, float]], top_k: int,
+              seeds: int, final_seeds: int) -> dict[str, Any]:
+    """What the rest of a dataset's budget pays for after its search: final seeds first (the
+    board needs them), then the selection with the most re-runs (`top_k` candidates x `seeds`
+    at most, at least two candidates) that still fits. A large subset whose full-fidelity run
+    is costly gets fewer final seeds (never fewer than one) and no selection; its validation
+    split is large, so the single best trial is then a sound choice. Returns the counts and the
+    estimated device-seconds."""
+    rerun = sum(c["rerun_s"] for c in costs.values())
+    final = sum(c["final_s"] for c in costs.values())
+    n_final = max(1, int(final_seeds))
+    while n_final > 1 and n_final * final > remaining_s:
+        n_final -= 1
+    # the most re-runs that fit (more seeds first on ties); one candidate is no choice at all
+    options = sorted(((k, s) for k in range(int(top_k), 1, -1) for s in range(int(seeds), 0, -1)),
+                     key=lambda ks: (-ks[0] * ks[1], -ks[1]))
+    chosen = next(((k, s) for k, s in options if k * s * rerun + n_final * final <= remaining_s),
+                  (0, 0))
+    return {"top_k": chosen[0], "seeds": chosen[1], "final_seeds": n_final,
+            "estimated_device_s": chosen[0] * chosen[1] * rerun + n_final * final}

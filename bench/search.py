@@ -199,25 +199,56 @@ def best_configs(trials: list[dict]) -> dict[tuple[str, str], dict]:
     return {k: dict(v["config"]) for k, v in best.items()}
 
 
-def selection_jobs(spec: Spec, candidates: dict[tuple[str, str], list[dict]]) -> list[dict]:
-    """Re-runs of each candidate config on seeds 1..S (search trials used seed 0)."""
+def selection_jobs(spec: Spec, candidates: dict[tuple[str, str], list[dict]],
+                   seeds_by_dataset: dict[str, int] | None = None) -> list[dict]:
+    """Re-runs of each candidate config on seeds 1..S (search trials used seed 0); S per
+    dataset when its budget plan says so (bench.budget.plan_rest)."""
     seeds = int(spec.selection.get("seeds", 2))
+    by = seeds_by_dataset or {}
     return [{**t["config"], "seed": 1 + k, "phase": "select", "candidate": t["trial_id"]}
-            for cands in candidates.values() for t in cands for k in range(seeds)]
+            for (d, _), cands in candidates.items() for t in cands
+            for k in range(by.get(d, seeds))]
 
 
-def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict]) -> list[dict]:
-    """Each chosen config on `final_seeds` fresh seeds (never a seed the search used), trained
-    `fidelity.final_factor` times a search trial's epochs (bench.budget.final_epochs)."""
+def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict],
+               seeds_by_dataset: dict[str, int] | None = None) -> list[dict]:
+    """Each chosen config on `final_seeds` fresh seeds (never a seed the search used; fewer
+    where the dataset's budget plan says so), trained `fidelity.final_factor` times a search
+    trial's epochs (bench.budget.final_epochs)."""
     from bench.budget import final_epochs
 
+    by = seeds_by_dataset or {}
     jobs = []
-    for cfg in configs.values():
+    for (d, _), cfg in configs.items():
         epochs = cfg.get("epochs") or spec.budget(cfg["model"])["max_epochs"]
         epochs = final_epochs(int(epochs), spec.fidelity)
         jobs += [{**cfg, "seed": spec.final_seed_base + k, "phase": "final", "epochs": epochs}
-                 for k in range(spec.final_seeds)]
+                 for k in range(by.get(d, spec.final_seeds))]
     return jobs
+
+
+def rest_plans(spec: Spec, slots: int, trials: list[dict],
+               spent_before: list[dict] | None = None) -> dict[str, dict]:
+    """Per dataset, what its budget has left for the selection re-runs and the final seeds
+    (bench.budget.plan_rest), costed from its own runs: the search trials, or once the
+    selection ran, its re-runs (`spent_before`: full-fidelity runs, timed like a final seed).
+    Empty without a budget: every phase then runs as the spec says."""
+    from bench.budget import full_run_costs, plan_rest
+
+    if not spec.budget_s:
+        return {}
+    sel = spec.selection or {}
+    plans = {}
+    for flag in spec.datasets:
+        spent = sum(float(r.get("device_s") or 0) for r in [*trials, *(spent_before or [])]
+                    if r.get("dataset") == flag)
+        timed = [r for r in (spent_before or []) if r.get("dataset") == flag
+                 and r.get("status", "ok") == "ok"] or trials
+        costs = full_run_costs(timed, flag, spec.fidelity)
+        plans[flag] = plan_rest(spec.budget_s * slots - spent, costs,
+                                int(sel.get("top_k", 3)) if sel else 0,
+                                int(sel.get("seeds", 2)) if sel else 0, spec.final_seeds)
+    return plans
 
 
 def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
@@ -403,6 +434,21 @@ def concurrent_experiments(spec: Spec, cluster: dict[str, float]) -> int:
     return max(1, min(trial_slots(spec, cluster), n_pairs))
 
 
+def _echo_cut(echo: Callable[[str], None], flag: str, plan: dict, spec: Spec,
+              phase: str) -> None:
+    """Say when a dataset's budget plan runs fewer re-runs or final seeds than the spec."""
+    sel = spec.selection or {}
+    if phase == "selection" and (plan["top_k"], plan["seeds"]) != (
+            int(sel.get("top_k", 3)), int(sel.get("seeds", 2))):
+        what = (f"top {plan['top_k']} x {plan['seeds']} seed(s)" if plan["top_k"]
+                else "none: the best validation trial is kept")
+        echo(f"budget {flag}: selection re-runs cut to {what} (a full-fidelity run costs more "
+             "than the budget has left)")
+    if phase == "final" and plan["final_seeds"] < spec.final_seeds:
+        echo(f"budget {flag}: {plan['final_seeds']} final seed(s) instead of "
+             f"{spec.final_seeds} (what the budget has left)")
+
+
 def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tracker,
            echo: Callable[[str], None], final: bool = True) -> dict[str, list[dict]]:
     """Search every (dataset, family) pair concurrently, re-run the best trials (selection),
@@ -454,16 +500,30 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
     if not final or not spec.final_seeds:
         return out
     configs = best_configs(out["trials"])
+    slots = trial_slots(spec, ray.cluster_resources())
+    plans_left = rest_plans(spec, slots, out["trials"])
     if spec.selection:
         candidates = top_candidates(out["trials"], int(spec.selection.get("top_k", 3)))
-        jobs = selection_jobs(spec, candidates)
-        echo(f"selection: top {spec.selection.get('top_k', 3)} configs per experiment re-run "
-             f"on {spec.selection.get('seeds', 2)} more seeds ({len(jobs)} runs)")
-        out["selection"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
-            spec, storage, data_ref, tracker, board, jobs, "select")], board, echo, t0)[0]
-        configs = choose_configs(candidates, out["selection"])
+        for flag, p in plans_left.items():  # a dataset whose budget cannot pay re-runs
+            for key in [k for k in candidates if k[0] == flag]:
+                candidates[key] = candidates[key][:p["top_k"]]
+            _echo_cut(echo, flag, p, spec, "selection")
+        configs.update({k: dict(c[0]["config"]) for k, c in
+                        top_candidates(out["trials"], 1).items()})
+        candidates = {k: c for k, c in candidates.items() if c}
+        jobs = selection_jobs(spec, candidates, {d: p["seeds"] for d, p in plans_left.items()})
+        if jobs:
+            echo(f"selection: top {spec.selection.get('top_k', 3)} configs per experiment "
+                 f"re-run on {spec.selection.get('seeds', 2)} more seeds ({len(jobs)} runs)")
+            out["selection"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
+                spec, storage, data_ref, tracker, board, jobs, "select")], board, echo, t0)[0]
+            configs.update(choose_configs(candidates, out["selection"]))
+        plans_left = rest_plans(spec, slots, out["trials"], out["selection"])
+    seeds_by = {d: p["final_seeds"] for d, p in plans_left.items()}
+    for flag, p in plans_left.items():
+        _echo_cut(echo, flag, p, spec, "final")
     echo(f"final phase: chosen config per experiment x {spec.final_seeds} fresh seeds")
-    jobs = final_jobs(spec, configs)
+    jobs = final_jobs(spec, configs, seeds_by)
     out["final"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
         spec, storage, data_ref, tracker, board, jobs)], board, echo, t0)[0]
     for row in out["final"]:  # fetch each seed's run directory from storage, on the driver

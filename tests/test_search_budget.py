@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.budget import SEARCH_FRACTION, accounting, epochs_for, final_epochs, search_wall_s
+from bench.budget import (
+    SEARCH_FRACTION,
+    accounting,
+    epochs_for,
+    final_epochs,
+    full_run_costs,
+    plan_rest,
+    search_wall_s,
+)
 from bench.data import all_flags
 from bench.portfolio import fits, load_entries, start_points
 from bench.selection import choose_configs, pick_entries, score, top_candidates
@@ -61,6 +69,66 @@ def test_budget_accounting_per_dataset_and_phase():
     assert (b["search_device_s"], b["selection_device_s"], b["final_device_s"]) == (10, 3, 5)
     assert b["spent_device_s"] == 18 and b["planned_device_s"] == 200
     assert acc["datasets"]["retinamnist"]["spent_device_s"] == 5.5
+
+
+def _timed(family, device_s, epochs_run, epochs=4, dataset="pathmnist", status="ok"):
+    return {"dataset": dataset, "family": family, "status": status, "device_s": device_s,
+            "epochs_run": epochs_run, "config": {"epochs": epochs}}
+
+
+def test_full_run_costs_from_the_median_cost_per_epoch_of_the_dataset_trials():
+    trials = [_timed("cnn_small", 10.0, 1), _timed("cnn_small", 40.0, 4),
+              _timed("cnn_small", 90.0, 2),  # 10, 10 and 45 s per epoch: median 10
+              _timed("cnn_small", 500.0, 1, status="failed"),
+              _timed("cnn_small", 500.0, 1, dataset="breastmnist"),
+              _timed("mlp", 3.0, 1), _timed("mlp", 0.0, 0)]
+    costs = full_run_costs(trials, "pathmnist", {"final_factor": 2, "max_epochs": 100})
+    assert costs["cnn_small"] == {"rerun_s": 40.0, "final_s": 80.0}
+    assert costs["mlp"] == {"rerun_s": 12.0, "final_s": 24.0}
+    assert full_run_costs(trials, "retinamnist", {}) == {}
+
+
+COSTS = {"cnn_small": {"rerun_s": 40.0, "final_s": 40.0}, "mlp": {"rerun_s": 10.0,
+                                                               "final_s": 10.0}}
+
+
+@pytest.mark.parametrize(("remaining", "want"), [
+    (1000.0, (2, 2, 3)),  # 4 re-runs (200) + 3 seeds (150): the spec as written
+    (300.0, (2, 1, 3)),   # 4 re-runs do not fit beside 3 seeds: one seed per candidate
+    (200.0, (0, 0, 3)),   # not even 2 re-runs: no selection, the best trial is kept
+    (120.0, (0, 0, 2)),   # fewer final seeds
+    (10.0, (0, 0, 1)),    # never fewer than one
+])
+def test_plan_rest_pays_final_seeds_first_then_the_largest_selection(remaining, want):
+    plan = plan_rest(remaining, COSTS, top_k=2, seeds=2, final_seeds=3)
+    assert (plan["top_k"], plan["seeds"], plan["final_seeds"]) == want
+    assert plan["estimated_device_s"] == pytest.approx(
+        plan["top_k"] * plan["seeds"] * 50 + plan["final_seeds"] * 50)
+    assert plan["estimated_device_s"] <= max(remaining, 50)
+
+
+def test_plan_rest_prefers_more_re_runs_then_more_seeds():
+    plan = plan_rest(50 * 4 + 50 * 3, COSTS, top_k=3, seeds=2, final_seeds=3)
+    assert (plan["top_k"], plan["seeds"]) == (2, 2)  # 4 re-runs fit, 6 do not
+    plan = plan_rest(50 * 3 + 50 * 3, COSTS, top_k=3, seeds=2, final_seeds=3)
+    assert (plan["top_k"], plan["seeds"]) == (3, 1)
+
+
+def test_rest_plans_cost_the_final_seeds_from_the_selection_re_runs():
+    from bench.search import rest_plans
+
+    spec = build_spec({"name": "t", "datasets": ["pathmnist"], "families": ["cnn_small"],
+                       "budget_s": 100, "selection": {"top_k": 2, "seeds": 2},
+                       "final_seeds": 3})
+    trials = [_timed("cnn_small", 20.0, 4)]  # 5 s per epoch: a 4-epoch run costs 20
+    plan = rest_plans(spec, slots=2, trials=trials)["pathmnist"]  # 180 left
+    assert (plan["top_k"], plan["seeds"], plan["final_seeds"]) == (2, 2, 3)
+    # the re-runs turned out to cost 40 each (a loaded box): 180 - 80 = 100 left -> 2 seeds
+    reruns = [_timed("cnn_small", 40.0, 4), _timed("cnn_small", 40.0, 4)]
+    plan = rest_plans(spec, slots=2, trials=trials, spent_before=reruns)["pathmnist"]
+    assert plan["final_seeds"] == 2
+    assert rest_plans(build_spec({"name": "t", "datasets": ["pathmnist"],
+                                  "families": ["cnn_small"]}), 2, trials) == {}
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -223,6 +291,18 @@ def test_budgeted_search_starts_from_the_portfolio_selects_and_accounts(tmp_path
         {"id": "own", "family": "mlp", "found_on": ["breastmnist"],
          "config": {"hidden": 256, "layers": 1, "lr": 0.0321, "batch_size": 64}}]}))
     monkeypatch.setattr(portfolio, "portfolio_file", lambda: pf)
+    from bench import search as search_mod
+
+    planned = search_mod.rest_plans
+
+    def retina_cannot_pay(*args, **kwargs):  # as if a retina run cost more than is left
+        plans = planned(*args, **kwargs)
+        assert set(plans) == {"breastmnist", "retinamnist"}
+        plans["retinamnist"] = {**plans["retinamnist"], "top_k": 0, "seeds": 0,
+                                "final_seeds": 1}
+        return plans
+
+    monkeypatch.setattr(search_mod, "rest_plans", retina_cannot_pay)
     spec = build_spec({
         "name": "budgeted", "datasets": ["breastmnist", "retinamnist"], "families": ["mlp"],
         "searcher": "optuna", "num_samples": 3, "scheduler": "asha", "verify_md5": False,
@@ -258,7 +338,15 @@ def test_budgeted_search_starts_from_the_portfolio_selects_and_accounts(tmp_path
     assert len(sel) == 2 and set(sel["seed"]) == {1}
     assert set(sel["candidate"]) <= set(trials["trial_id"])
     final = pd.read_parquet(run / "final.parquet")
-    assert len(final) == 4 and (final["status"] == "ok").all()
+    assert (final["status"] == "ok").all()
+    # breast: the spec's 2 seeds; retina: what its (cut) plan pays, no selection re-runs
+    assert final.groupby("dataset").size().to_dict() == {"breastmnist": 2, "retinamnist": 1}
+    assert not (pd.read_parquet(run / "selection.parquet")["dataset"] == "retinamnist").any()
+    said = "\n".join(lines)
+    assert "budget retinamnist: selection re-runs cut to none" in said
+    assert "budget retinamnist: 1 final seed(s) instead of 2" in said
+    assert not [ln for ln in lines if ln.startswith("budget breastmnist:")
+                and ("cut" in ln or "instead of" in ln)]  # breast's plan pays the spec
     # final seeds train final_factor x a trial's 2 epochs, capped at max_epochs
     assert (final["epochs_run"] == 5).all()
     sel_epochs = pd.read_parquet(run / "selection.parquet")["epochs_run"]
