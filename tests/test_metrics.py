@@ -315,11 +315,11 @@ def test_bootstrap_equals_slow_reference_with_ties_and_seeds(task: str, k: int) 
 def test_bootstrap_tied_auc_uses_average_ranks() -> None:
     """One replicate that is the identity resample: the vectorised rank AUC of heavily tied
     scores equals sklearn's (average ranks), not an ordinal tie-break."""
-    from bench.metrics import _rank_auc
+    from bench.metrics import _count_auc
 
     y, (s,) = _tied_runs("binary-class", n=200, n_runs=1, k=2)
     want = roc_auc_score(y[:, 0], s[:, 1])
-    got = _rank_auc(y[:, 0][None] == 1, s[:, 1][None])
+    got = _count_auc(np.ones((1, len(y)), dtype=int), y[:, 0] == 1, s[:, 1])
     assert got[0] == pytest.approx(want, abs=1e-12)
     # and an ordinal tie-break really gives another number on these scores
     order = np.argsort(s[:, 1], kind="stable")
@@ -328,6 +328,24 @@ def test_bootstrap_tied_auc_uses_average_ranks() -> None:
     pos = y[:, 0] == 1
     ordinal = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
     assert abs(ordinal - want) > 1e-3
+
+
+def test_count_auc_equals_sklearn_with_the_counts_as_sample_weights() -> None:
+    """A bootstrap replicate is the test set with each image counted as often as it was drawn:
+    the counted AUC equals sklearn's roc_auc_score with those counts as sample weights, tied
+    scores included, and a replicate without positives is NaN."""
+    from bench.metrics import _count_auc
+
+    rng = np.random.default_rng(12)
+    y = rng.random(50) < 0.4
+    score = np.round(rng.random(50), 1)  # many ties
+    counts = rng.multinomial(50, np.full(50, 1 / 50), size=5)
+    counts[4] = np.where(y, 0, counts[4])  # no positive drawn
+    got = _count_auc(counts, y, score)
+    for r in range(4):
+        assert got[r] == pytest.approx(roc_auc_score(y, score, sample_weight=counts[r]),
+                                       abs=1e-12), r
+    assert np.isnan(got[4])
 
 
 @pytest.mark.parametrize(("level", "percentiles"), [(0.95, (2.5, 97.5)), (0.8, (10.0, 90.0))])
