@@ -381,30 +381,34 @@ def test_bootstrap_drops_replicates_without_a_class() -> None:
     _assert_ci_equal(bootstrap_ci(y, runs, "binary-class", n_boot=200, seed=1), want)
 
 
-def test_rank_auc_rows_equal_sklearn_and_one_class_rows_are_nan_without_warnings() -> None:
-    """The vectorised AUC row by row against sklearn's roc_auc_score, on the edge rows a
-    bootstrap of an imbalanced test set draws: a single positive, a single negative, ties, and
-    rows of one class only (NaN, silently: a 1000-replicate CI must not print 0/0 warnings)."""
+def test_count_auc_edge_replicates_equal_sklearn_and_one_class_ones_are_nan_silently() -> None:
+    """The replicates a bootstrap of an imbalanced test set draws: a single positive, a single
+    negative (the rest of the draws tied or not), against sklearn's roc_auc_score with the
+    counts as sample weights; replicates of one class only are NaN, silently (a 1000-replicate
+    CI must not print 0/0 warnings)."""
     import warnings
 
-    from bench.metrics import _rank_auc
+    from bench.metrics import _count_auc
 
     rng = np.random.default_rng(4)
-    score = np.round(rng.random((6, 12)), 1)
-    pos = np.zeros((6, 12), dtype=bool)
-    pos[0, 5] = True               # one positive
-    pos[1] = True
-    pos[1, 7] = False              # one negative
-    pos[2, ::3] = True             # a few positives, ties in the scores
-    pos[3] = rng.random(12) < 0.5
-    pos[3, :2] = [True, False]
-    pos[5] = True                  # row 4: no positive; row 5: no negative
+    pos = np.r_[np.ones(5, dtype=bool), np.zeros(7, dtype=bool)]
+    score = np.round(rng.random(12), 1)
+    counts = np.zeros((5, 12), dtype=int)
+    counts[0, [2]] = 3                     # one positive image (drawn 3 times)
+    counts[0, 5:] = rng.integers(1, 3, 7)
+    counts[1, :5] = rng.integers(1, 3, 5)  # one negative image
+    counts[1, [8]] = 1
+    counts[2] = rng.integers(0, 3, 12)
+    counts[2, [0, 6]] = 1                  # both classes, ties in the scores
+    counts[3, :5] = 2                      # no negative
+    counts[4, 5:] = 2                      # no positive
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = _rank_auc(pos, score)
-    for r in range(4):
-        assert got[r] == pytest.approx(roc_auc_score(pos[r], score[r]), abs=1e-12), r
-    assert np.isnan(got[4]) and np.isnan(got[5])
+        got = _count_auc(counts, pos, score)
+    for r in range(3):
+        assert got[r] == pytest.approx(roc_auc_score(pos, score, sample_weight=counts[r]),
+                                       abs=1e-12), r
+    assert np.isnan(got[3]) and np.isnan(got[4])
 
 
 def test_bootstrap_of_one_column_binary_scores_equals_the_two_column_layout() -> None:
