@@ -394,7 +394,7 @@ def test_count_auc_edge_replicates_equal_sklearn_and_one_class_ones_are_nan_sile
     pos = np.r_[np.ones(5, dtype=bool), np.zeros(7, dtype=bool)]
     score = np.round(rng.random(12), 1)
     counts = np.zeros((5, 12), dtype=int)
-    counts[0, [2]] = 3                     # one positive image (drawn 3 times)
+    counts[0, [2]] = 1                     # one positive drawn once
     counts[0, 5:] = rng.integers(1, 3, 7)
     counts[1, :5] = rng.integers(1, 3, 5)  # one negative image
     counts[1, [8]] = 1
