@@ -471,3 +471,38 @@ def test_a_one_seed_entry_without_scores_warns_by_name_and_has_no_ci(tmp_path):
     for m in ("acc", "auc"):
         assert math.isnan(r[f"{m}_lo"]) and math.isnan(r[f"{m}_hi"])
         assert r[f"verdict_{m}_vs_resnet18"] == r[f"verdict_{m}_vs_best"] == "n/a"
+
+
+def test_an_edited_test_acc_alone_is_flagged(tmp_path):
+    """The consistency guard compares ACC too, not only AUC."""
+    from bench.results import FINAL_COLUMNS, read_table, write_table
+
+    y, runs = _binary_seeds(seed=5)
+    run = _constructed_run(tmp_path, "acc-edited", "breastmnist", y, {"cnn": runs})
+    final = read_table(run / "final.parquet")
+    final.loc[2, "test_acc"] -= 0.01
+    write_table(run / "final.parquet", final.to_dict("records"), FINAL_COLUMNS)
+    with pytest.warns(UserWarning, match=r"seed2: final.parquet test metrics differ"):
+        build_leaderboard(run, n_boot=20)
+
+
+def test_a_consistent_multi_label_run_is_rescored_with_its_own_task(tmp_path):
+    """A multi-label run (ChestMNIST's task) is re-scored by the consistency guard with the
+    multi-label rules (per-label threshold, mean per-label AUC), so numbers written by medmnist's
+    own getAUC/getACC raise no 'differ' warning, and the CI is the reference bootstrap's."""
+    from reference_stats import reference_bootstrap
+
+    rng = np.random.default_rng(6)
+    task = medmnist.INFO["chestmnist"]["task"]
+    y = (rng.random((90, 14)) < 0.3).astype(int)
+    runs = [1 / (1 + np.exp(-(rng.normal(0, 1, (90, 14)) + (1.5 + k) * (2 * y - 1))))
+            for k in range(2)]
+    run = _constructed_run(tmp_path, "chest", "chestmnist", y, {"cnn": runs})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        board = build_leaderboard(run, n_boot=30)
+    assert not [w for w in seen if "differ" in str(w.message)]
+    r = board[board["kind"] == "single"].iloc[0]
+    want = reference_bootstrap(y, runs, task, 30)
+    for m in ("acc", "auc"):
+        assert (r[f"{m}_lo"], r[f"{m}_hi"]) == pytest.approx(want[m], abs=1e-12)
