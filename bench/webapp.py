@@ -114,7 +114,8 @@ def report_figures(run_dir: Path, flags: list[str]) -> tuple[dict[str, list[Path
 def predictable_entries(board: pd.DataFrame, run: str, flag: str) -> tuple[list[str], int]:
     """The single-model entries of a (run, dataset) that can score a file, and the index of the
     default: the run's picked entry, or for a picked seed ensemble (`<family> ×N ens`) its
-    members' family, since `medbench predict` scores one model. Else the best val score."""
+    members' family, for a picked blend (`a ×N (w) + b ×M (v) ens`, heaviest first) its
+    heaviest family, since `medbench predict` scores one model. Else the best val score."""
     rows = board[(board["run"] == run) & (board["dataset"] == flag) & (board["n_seeds"] > 0)]
     kind = rows["kind"] if "kind" in rows else pd.Series("single", index=rows.index)
     singles = rows[kind == "single"]
