@@ -107,7 +107,8 @@ if [[ "${MUTATION_SCOPE:-core}" == modules ]]; then
 else
   SCOPE=("bench.metrics.x_auc_score__*" "bench.metrics.x_acc_score__*"
          "bench.metrics.x__mean__*" "bench.metrics.x_evaluate__*"
-         "bench.metrics.x__rank_auc__*" "bench.metrics.x__replicate_metrics__*"
+         "bench.metrics.x__rank_auc__*" "bench.metrics.x__count_auc__*"  # _count_auc: since bbba5b9
+         "bench.metrics.x__replicate_metrics__*"
          "bench.metrics.x_bootstrap_ci__*"
          "bench.leaderboard.x_verdict__*" "bench.leaderboard.x__ci__*"
          "bench.leaderboard.x__compare__*"
