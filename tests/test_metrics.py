@@ -419,3 +419,12 @@ def test_bootstrap_of_one_column_binary_scores_equals_the_two_column_layout() ->
     _assert_ci_equal(bootstrap_ci(y, runs, "binary-class", n_boot=60, seed=5), want)
     _assert_ci_equal(bootstrap_ci(y, [s[:, 1] for s in runs], "binary-class", n_boot=60,
                                   seed=5), want)
+
+
+def test_acc_threshold_is_passed_to_medmnist() -> None:
+    """`acc_score(..., threshold=t)` is medmnist's getACC at t, not at its default 0.5."""
+    y, s = _binary_problem(200, seed=9)
+    for t in (0.3, 0.7):
+        want = getACC(y.squeeze(), s, "binary-class", t)
+        assert acc_score(y, s, "binary-class", threshold=t) == want
+    assert acc_score(y, s, "binary-class", threshold=0.3) != acc_score(y, s, "binary-class")
