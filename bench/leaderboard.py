@@ -245,12 +245,13 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
                                                   ok["val_acc"].astype(float).mean()))
                             if len(ok) else math.nan)
         rows.append(row)
-        ens = _ensemble_row(row, ok, task, n_boot)
+        scores = ensemble_scores(ok)  # loaded once: the seed ensemble, its leak-free numbers
+        ens = _ensemble_row(row, scores, len(ok), task, n_boot)  # and the blend all use it
         if ens is not None:
             ens.update(_compare(ens, cand, ref))
-            ens.update(_leakfree(ok, task, audits, ensemble=True))
+            ens.update(_leakfree(ok, task, audits, scores=scores))
             rows.append(ens)
-            pools.setdefault((run, flag, int(size)), []).append((row, ok, ens))
+            pools.setdefault((run, flag, int(size)), []).append((row, ok, scores))
     for pool in pools.values():
         blended = _blend_row(pool, n_boot, audits)
         if blended is not None:
@@ -261,11 +262,11 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
     return mark_picked(board)
 
 
-def _leakfree(ok: pd.DataFrame, task: str, audits: dict, ensemble: bool = False,
+def _leakfree(ok: pd.DataFrame, task: str, audits: dict,
               scores: dict[str, np.ndarray] | None = None) -> dict:
     """Test ACC/AUC without the test images that have a copy in train/val (bench.audit); the
     official numbers stay the headline and the verdicts use them. NaN without an audit.
-    `scores`: an entry's own probabilities (a blend) instead of those of `ok`'s seeds."""
+    `scores`: an ensemble entry's own probabilities instead of those of `ok`'s seeds."""
     from bench.audit import audit_for_run, leakage_free
 
     if ok.empty:
@@ -276,8 +277,6 @@ def _leakfree(ok: pd.DataFrame, task: str, audits: dict, ensemble: bool = False,
         audits[key] = audit_for_run(*key)
     if scores is not None:
         loaded = [scores]
-    elif ensemble:
-        loaded = [ensemble_scores(ok)]
     else:
         loaded = [load_scores(x.root, x.run_dir) for x in ok.itertuples()]
     if any(s is None for s in loaded):
@@ -296,10 +295,10 @@ def ensemble_scores(group: pd.DataFrame) -> dict[str, np.ndarray] | None:
             "val_labels": loaded[0]["val_labels"], "test_labels": loaded[0]["test_labels"]}
 
 
-def _ensemble_row(single: dict, ok: pd.DataFrame, task: str, n_boot: int) -> dict | None:
+def _ensemble_row(single: dict, s: dict[str, np.ndarray] | None, n_members: int, task: str,
+                  n_boot: int) -> dict | None:
     """The seed ensemble of one family as an entry of its own: official metrics of the averaged
     probabilities, a bootstrap CI over test images, and the members' summed cost."""
-    s = ensemble_scores(ok)
     if s is None:
         return None
     test = metrics.evaluate(s["test_labels"], s["test_scores"], task)
@@ -307,7 +306,7 @@ def _ensemble_row(single: dict, ok: pd.DataFrame, task: str, n_boot: int) -> dic
     ci = metrics.bootstrap_ci(s["test_labels"], [s["test_scores"]], task, n_boot=n_boot)
     row = {k: single[k] for k in ("run", "dataset", "size", "task", "n_failed", "trials",
                                   "device_s", "wall_s", "run_wall_s", "baseline_note")}
-    row.update(family=f"{single['family']} ×{len(ok)} ens", kind="ensemble", n_seeds=len(ok),
+    row.update(family=f"{single['family']} ×{n_members} ens", kind="ensemble", n_seeds=n_members,
                test_acc_mean=test["acc"], test_auc_mean=test["auc"], test_acc_std=math.nan,
                test_auc_std=math.nan, val_auc_mean=val["auc"],
                val_score=selection.score(val["auc"], val["acc"]))
@@ -316,7 +315,7 @@ def _ensemble_row(single: dict, ok: pd.DataFrame, task: str, n_boot: int) -> dic
     return row
 
 
-def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict]], n_boot: int,
+def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict[str, np.ndarray]]], n_boot: int,
                audits: dict) -> dict | None:
     """The families' seed ensembles of one (run, dataset, size) blended with weights fitted on
     validation (bench.ensemble), as an entry of its own; None when the blend is not kept. Its
@@ -324,7 +323,7 @@ def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict]], n_boot: int,
     if len(pool) < 2:
         return None
     task = pool[0][0]["task"]
-    members = {single["family"]: ensemble_scores(ok) for single, ok, _ in pool}
+    members = {single["family"]: scores for single, _, scores in pool}
     b = ensemble.blend(members, task)
     if b is None:
         return None
