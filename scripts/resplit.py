@@ -53,12 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--size", type=int, default=28)
     a = p.parse_args(argv)
-    from bench.data import dataset_info
+    from bench.data import all_flags, dataset_info, npz_path
 
+    unknown = [f for f in a.flags if f not in all_flags()]
+    if unknown:
+        print(f"error: unknown subset(s) {', '.join(unknown)}; `medbench datasets` lists them",
+              file=sys.stderr)
+        return 2
     a.out.mkdir(parents=True, exist_ok=True)
     for flag in a.flags:
-        name = f"{flag}.npz" if a.size == 28 else f"{flag}_{a.size}.npz"
-        src = a.data_dir / name
+        src = npz_path(flag, a.size, a.data_dir)
+        name = src.name
         if not src.is_file():
             print(f"error: {src} not found; point --data-dir at the folder holding it",
                   file=sys.stderr)
