@@ -490,6 +490,54 @@ def fig_confusion(cm: np.ndarray, names: list[str], title: str, path: Path) -> P
     return _save(fig, path)
 
 
+def class_mix(scores: dict[str, np.ndarray], task: str, names: list[str]) -> pd.DataFrame:
+    """Per class, its share of the labels and of the predictions on validation and on test.
+
+    Why: when test ACC falls well below validation ACC, this says whether the model's decisions
+    moved (predicted shares that follow validation's class mix but not test's) or the test split
+    itself differs from validation (its class mix or how its images look): a split shift that
+    nothing chosen on validation can see. Read-only: it explains a number and chooses nothing.
+    """
+    rows = []
+    for split in ("val", "test"):
+        y = np.asarray(scores[f"{split}_labels"]).reshape(-1)
+        pred = metrics.predicted_labels(scores[f"{split}_scores"], task)
+        for c, name in enumerate(names):
+            rows.append({"split": split, "class": c, "name": name,
+                         "true_share": float(np.mean(y == c)),
+                         "predicted_share": float(np.mean(pred == c)),
+                         "acc": float(np.mean(pred == y))})
+    return pd.DataFrame(rows)
+
+
+def _class_mix_md(mix: pd.DataFrame) -> list[str]:
+    """The class-mix table and one sentence on where the predictions drift."""
+    wide = mix.pivot(index=["class", "name"], columns="split",
+                     values=["true_share", "predicted_share"])
+    out = ["Validation vs test: each class's share of the labels and of the predictions.", "",
+           "| class | name | val true | val predicted | test true | test predicted |",
+           "|---|---|---|---|---|---|"]
+    for (c, name), r in wide.iterrows():
+        out.append(f"| {c} | {name} | {r[('true_share', 'val')]:.3f} | "
+                   f"{r[('predicted_share', 'val')]:.3f} | {r[('true_share', 'test')]:.3f} | "
+                   f"{r[('predicted_share', 'test')]:.3f} |")
+    drift = (mix["predicted_share"] - mix["true_share"]).abs()
+    worst = {split: mix.loc[drift[mix["split"] == split].idxmax()] for split in ("val", "test")}
+    acc = mix.groupby("split")["acc"].first()
+    t = worst["test"]
+    gap_test = abs(t["predicted_share"] - t["true_share"])
+    gap_val = abs(worst["val"]["predicted_share"] - worst["val"]["true_share"])
+    line = (f"ACC {acc['val']:.3f} on validation, {acc['test']:.3f} on test. Largest gap between "
+            f"a class's predicted and true share: {gap_test:.3f} on test (class {t['class']}, "
+            f"{t['name']}: predicted {t['predicted_share']:.3f}, true {t['true_share']:.3f}), "
+            f"{gap_val:.3f} on validation.")
+    if gap_test > max(0.05, 3 * gap_val):
+        line += (" The predictions follow validation's class mix but not test's: the test split "
+                 "differs from validation (its class mix or its images), a shift that no choice "
+                 "made on validation can see.")
+    return [*out, "", line, ""]
+
+
 def most_confident_errors(y: np.ndarray, s: np.ndarray, task: str,
                           k: int = N_WRONG) -> dict[int, list[int]]:
     """Per true class, the indices of up to k misclassified test images, most confidently wrong
@@ -633,6 +681,8 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
             f"{c['f1']:.3f} | {c['support']} |"
             for c in metrics.class_report(y, s, task, info["label"])]
     out.append("")
+    if task != metrics.MULTI_LABEL:
+        out += _class_mix_md(class_mix(sc, task, names))
     if task != metrics.MULTI_LABEL:
         images, why = _test_images(flag, size, y, data_dir)
         if images is None:

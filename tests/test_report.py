@@ -74,7 +74,7 @@ def test_report_contents_and_order(report):
     for text in ("## Runs", "medbench run --name run-a", "spec.yaml", "## Leaderboard",
                  "### breastmnist (binary-class)", "## Across datasets", "| run-b |",
                  "Picked entry:", "| 0 | malignant |", "doi:10.1038/s41597-022-01721-8",
-                 "ECE", "Friedman p", "†", "studies.db"):
+                 "ECE", "Friedman p", "†", "studies.db", "| val true | val predicted |"):
         assert text in md, text
     heads = [f"\n{h}\n" for h in ("## Results", "## Leaderboard", "## Across datasets",
                                     "## breastmnist", "## Search", "## Runs")]
@@ -278,3 +278,35 @@ def test_headline_names_the_best_published_method_of_each_metric():
     text = rpt._verdicts(row, "best")
     assert text == ("ACC (auto-sklearn 0.802) +0.000 within noise · "
                     "AUC (ResNet-18+ACS 0.839) +0.033 **above**")
+
+
+def _mix_scores(test_pred_pos: float) -> dict[str, np.ndarray]:
+    """Binary scores: validation 100 images (75 positive), each predicted right; test 100
+    images (60 positive) of which `test_pred_pos` are called positive (negatives first)."""
+    def split(n_pos: int, n: int, called_pos: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.r_[np.zeros(n - n_pos), np.ones(n_pos)].astype(int)[:, None]
+        p1 = np.r_[np.zeros(n - called_pos), np.ones(called_pos)] * 0.8 + 0.1
+        return y, np.c_[1 - p1, p1]
+    vy, vs = split(75, 100, 75)
+    ty, ts = split(60, 100, int(test_pred_pos))
+    return {"val_labels": vy, "val_scores": vs, "test_labels": ty, "test_scores": ts}
+
+
+def test_class_mix_names_a_test_split_shift_and_only_then():
+    names = ["normal", "pneumonia"]
+    mix = rpt.class_mix(_mix_scores(75), metrics.BINARY, names)
+    test = mix[mix["split"] == "test"].set_index("class")
+    assert test.loc[1, "predicted_share"] == 0.75 and test.loc[1, "true_share"] == 0.60
+    assert test.loc[0, "acc"] == pytest.approx(0.85)  # 15 negatives called positive
+    md = "\n".join(rpt._class_mix_md(mix))
+    assert "ACC 1.000 on validation, 0.850 on test" in md
+    assert "0.150 on test (class 0, normal: predicted 0.250, true 0.400), 0.000 on validation" \
+        in md
+    assert "no choice made on validation can see" in md
+    _assert_tables_valid(md)
+    calm = "\n".join(rpt._class_mix_md(rpt.class_mix(_mix_scores(62), metrics.BINARY, names)))
+    assert "0.020 on test" in calm and "can see" not in calm
+    multi = rpt.class_mix(_mix_scores(75) | {"test_scores": np.c_[np.full(100, 0.9),
+                                                                  np.full(100, 0.1)]},
+                          metrics.BINARY, names)
+    assert multi[multi["split"] == "test"].set_index("class").loc[0, "predicted_share"] == 1.0
