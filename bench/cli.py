@@ -176,6 +176,11 @@ def train(
         rows.append(final_row(seed_conf.to_dict(), {**result.summary(), "history": result.history,
                                                     "device_s": result.wall_s}))
     write_table(out / "final.parquet", rows, FINAL_COLUMNS)
+    from bench.data import file_status
+    from bench.results import write_json
+
+    write_json(out / "meta.json", {"official_data": {
+        conf.dataset: file_status(conf.dataset, conf.size, data_dir) == "md5 ok"}})
     typer.echo(format_board(build_leaderboard(out)))
     typer.echo(f"run directory: {out}  (medbench leaderboard / report read it)")
 

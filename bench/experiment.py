@@ -113,7 +113,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             data_dir: str | Path | None = None, wandb: bool = True, final: bool = True,
             num_cpus: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Search (+ final phase) into run_dir; returns meta. Bad input fails before Ray starts."""
-    from bench.data import load_arrays
+    from bench.data import file_status, load_arrays
     from bench.preflight import check_local_capacity, check_splits, is_local, wait_for_capacity
     from bench.search import init_ray, search
     from bench.tracking import Tracker
@@ -168,7 +168,9 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             "wall_s": time.time() - t0, "n_trials": len(trials),
             "n_failed_trials": sum(t["status"] == "failed" for t in trials),
             "n_retries": sum(int(t.get("retries") or 0) for t in trials),
-            "n_final_runs": len(finals), "wandb_mode": tracker.used_mode(), "budget": spent}
+            "n_final_runs": len(finals), "wandb_mode": tracker.used_mode(), "budget": spent,
+            "official_data": {flag: file_status(flag, spec.size, data_dir) == "md5 ok"
+                              for flag in spec.datasets}}
     meta["failures"] = first_errors(trials, finals)
     for where, text in meta["failures"].items():
         echo(f"FAILED {where}: {text}")

@@ -47,8 +47,17 @@ BOARD_COLUMNS = [
     "delta_acc_vs_resnet18", "delta_auc_vs_resnet18", "delta_acc_vs_best", "delta_auc_vs_best",
     "verdict_acc_vs_resnet18", "verdict_auc_vs_resnet18",
     "verdict_acc_vs_best", "verdict_auc_vs_best",
-    "trials", "device_s", "wall_s", "run_wall_s", "baseline_note", "weights",
+    "trials", "device_s", "wall_s", "run_wall_s", "baseline_note", "weights", "official_data",
 ]
+
+
+def official_row(row) -> bool:
+    """A board row's `official_data`: whether its files were the MedMNIST release (True for a
+    board from before the column existed)."""
+    value = getattr(row, "official_data", True) if not isinstance(row, dict) \
+        else row.get("official_data", True)
+    return True if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else bool(value)
 
 
 def verdict(lo: float, hi: float, published: float) -> str:
@@ -132,14 +141,21 @@ def task_of(flag: str) -> str:
     return medmnist.INFO[flag]["task"]
 
 
-def comparable_baselines(published: pd.DataFrame, flag: str,
-                         size: int) -> tuple[pd.DataFrame, str, str]:
+NOT_OFFICIAL = ("not the official MedMNIST file (md5 differs: synthetic, re-split or edited "
+                "data): the published numbers do not apply")
+
+
+def comparable_baselines(published: pd.DataFrame, flag: str, size: int,
+                         official: bool = True) -> tuple[pd.DataFrame, str, str]:
     """The published rows we compare a (dataset, size) with, the reference method, and a note.
 
     Published 2D numbers are all for the 28 px images ('(224)' = those upsampled). For our larger
     images only the '(224)' rows are the nearer comparison, and the note says it is not like for
-    like. 3D has no ResNet-18 (28) row: its reference is ResNet-18+3D.
+    like. 3D has no ResNet-18 (28) row: its reference is ResNet-18+3D. A run on files that are
+    not the official release (`official` False) is compared with nothing.
     """
+    if not official:
+        return published.iloc[0:0].reset_index(drop=True), "", NOT_OFFICIAL
     rows = published[published["flag"] == flag]
     notes = []
     if flag.endswith("3d"):
@@ -211,8 +227,8 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
     paths = as_paths(run_dirs)
     seeds = load_seeds(paths)
     trials = load_trials(paths)
-    run_wall = {lab: read_meta(p).get("wall_s") for p, lab in zip(paths, run_labels(paths),
-                                                                   strict=True)}
+    metas = {lab: read_meta(p) for p, lab in zip(paths, run_labels(paths), strict=True)}
+    run_wall = {lab: m.get("wall_s") for lab, m in metas.items()}
     published = load_published()
     audits: dict = {}  # (root, flag, size) -> data audit or None, looked up once
     rows = []
@@ -230,7 +246,9 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
         row["val_auc_mean"] = float(ok["val_auc"].astype(float).mean()) if len(ok) else math.nan
         row.update(_ci(ok, task, n_boot))
         row.update(_leakfree(ok, task, audits))
-        cand, ref, note = comparable_baselines(published, flag, int(size))
+        # runs from before meta.json recorded it count as official, as they were shown then
+        row["official_data"] = bool(metas[run].get("official_data", {}).get(flag, True))
+        cand, ref, note = comparable_baselines(published, flag, int(size), row["official_data"])
         row.update(_compare(row, cand, ref))
         t = trials[(trials["run"] == run) & (trials["dataset"] == flag)
                    & (trials["family"] == family)]
@@ -255,7 +273,8 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
     for pool in pools.values():
         blended = _blend_row(pool, n_boot, audits)
         if blended is not None:
-            cand, ref, _ = comparable_baselines(published, blended["dataset"], blended["size"])
+            cand, ref, _ = comparable_baselines(published, blended["dataset"], blended["size"],
+                                                blended["official_data"])
             blended.update(_compare(blended, cand, ref))
             rows.append(blended)
     board = pd.DataFrame.from_records(rows, columns=BOARD_COLUMNS)
@@ -305,7 +324,8 @@ def _ensemble_row(single: dict, s: dict[str, np.ndarray] | None, n_members: int,
     val = metrics.evaluate(s["val_labels"], s["val_scores"], task)
     ci = metrics.bootstrap_ci(s["test_labels"], [s["test_scores"]], task, n_boot=n_boot)
     row = {k: single[k] for k in ("run", "dataset", "size", "task", "n_failed", "trials",
-                                  "device_s", "wall_s", "run_wall_s", "baseline_note")}
+                                  "device_s", "wall_s", "run_wall_s", "baseline_note",
+                                  "official_data")}
     row.update(family=f"{single['family']} ×{n_members} ens", kind="ensemble", n_seeds=n_members,
                test_acc_mean=test["acc"], test_auc_mean=test["auc"], test_acc_std=math.nan,
                test_auc_std=math.nan, val_auc_mean=val["auc"],
@@ -334,7 +354,7 @@ def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict[str, np.ndarray]]], n_b
     ci = metrics.bootstrap_ci(b["test_labels"], [b["test_scores"]], task, n_boot=n_boot)
     first = used[0][0]
     row = {k: first[k] for k in ("run", "dataset", "size", "task", "run_wall_s",
-                                 "baseline_note")}
+                                 "baseline_note", "official_data")}
     name = " + ".join(f"{s['family']} ×{len(ok)} ({b['weights'][s['family']]:.1f})"
                       for s, ok in used)
     row.update(family=f"{name} ens", kind="ensemble",
@@ -412,7 +432,8 @@ def summarize(board: pd.DataFrame) -> pd.DataFrame:
     for (family, size), g in b.groupby(["family", "size"], sort=True):
         counts: dict[str, dict[str, int]] = {}
         for r in g.itertuples():
-            cand, _, _ = comparable_baselines(published, r.dataset, int(size))
+            cand, _, _ = comparable_baselines(published, r.dataset, int(size),
+                                              official_row(r))
             for p in cand.itertuples():
                 c = counts.setdefault(p.method, {k: 0 for k in cols[5:]})
                 c["n_compared"] += 1
@@ -471,14 +492,17 @@ def _md(board: pd.DataFrame) -> str:
            "**picked**: the entry the run chooses per dataset, by validation score only.", ""]
     multi_run = board["run"].nunique() > 1
     for flag, g in board.groupby("dataset", sort=True):
-        refs = g["ref_method"].unique()
+        refs = g.loc[g["ref_method"] != "", "ref_method"].unique()
         ref = refs[0] if len(refs) == 1 else "reference"
         out += [f"### {flag} ({g['task'].iloc[0]})", ""]
         leak = bool(g["leakfree_acc_mean"].notna().any())
+        # columns of published numbers only where some run used the official files
+        pub = any(official_row(r) for r in g.itertuples())
         head = (["run"] if multi_run else []) + [
             "family", "size", "seeds", "ACC", "AUC",
-            *(["leakage-free ACC / AUC"] if leak else []), f"ACC: {ref}", f"AUC: {ref}",
-            "ACC: best published", "AUC: best published", "trials", "device-s"]
+            *(["leakage-free ACC / AUC"] if leak else []),
+            *([f"ACC: {ref}", f"AUC: {ref}", "ACC: best published", "AUC: best published"]
+              if pub else []), "trials", "device-s"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in g.iterrows():
             seeds = f"{r['n_seeds']}" + (f" (+{r['n_failed']} failed)" if r["n_failed"] else "")
@@ -486,8 +510,8 @@ def _md(board: pd.DataFrame) -> str:
             cells = ([r["run"]] if multi_run else []) + [
                 entry, str(r["size"]), seeds, _cell(r, "acc"), _cell(r, "auc"),
                 *([_leak_cell(r)] if leak else []),
-                _vs(r, "acc", "resnet18"), _vs(r, "auc", "resnet18"),
-                _vs(r, "acc", "best"), _vs(r, "auc", "best"),
+                *([_vs(r, "acc", "resnet18"), _vs(r, "auc", "resnet18"),
+                   _vs(r, "acc", "best"), _vs(r, "auc", "best")] if pub else []),
                 str(r["trials"]), _fmt(r["device_s"], ".0f")]
             out.append("| " + " | ".join(cells) + " |")
         notes = [n for n in g["baseline_note"].unique() if n]

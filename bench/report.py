@@ -44,6 +44,7 @@ from bench.leaderboard import (  # noqa: E402
     load_scores,
     load_seeds,
     load_trials,
+    official_row,
     read_meta,
     run_labels,
     summarize,
@@ -238,7 +239,8 @@ def cd_table(board: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     pub = load_published()
     rows = []
     for flag, g in b.groupby("dataset"):
-        cand, _, _ = comparable_baselines(pub, flag, int(g["size"].min()))
+        cand, _, _ = comparable_baselines(pub, flag, int(g["size"].min()),
+                                          all(official_row(r) for r in g.itertuples()))
         rows += [{"dataset": flag, "method": m, "v": v}
                  for m, v in zip(cand["method"], cand[metric], strict=True)]
     published = (pd.DataFrame(rows).pivot_table(index="dataset", columns="method", values="v",
@@ -326,7 +328,11 @@ def fig_critical_difference(results: dict[str, dict], path: Path) -> Path:
 
 
 def _across_md(board: pd.DataFrame, figs: Path, rel: str) -> list[str]:
-    out = ["## Across datasets", "", *format_summary(summarize(board)).splitlines(), ""]
+    if any(official_row(r) for r in board.itertuples()):
+        out = ["## Across datasets", "", *format_summary(summarize(board)).splitlines(), ""]
+    else:
+        out = ["## Across datasets", "", "_No wins/ties/losses against the published methods: "
+               "the run's files are not the official MedMNIST release._", ""]
     results = {}
     for m in ("auc", "acc"):
         table = cd_table(board, m)
@@ -360,7 +366,8 @@ def fig_vs_published(board: pd.DataFrame, flag: str, path: Path) -> Path:
     """Ours (mean, 95% CI bars) next to every comparable published method, per metric."""
     rows = board[board["dataset"] == flag]
     pub = load_published()
-    cands = [comparable_baselines(pub, flag, s) for s in sorted(rows["size"].unique())]
+    official = all(official_row(r) for r in rows.itertuples())
+    cands = [comparable_baselines(pub, flag, s, official) for s in sorted(rows["size"].unique())]
     cand = pd.concat([c for c, _, _ in cands]).drop_duplicates("method")
     ref = cands[0][1]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
@@ -382,7 +389,8 @@ def fig_vs_published(board: pd.DataFrame, flag: str, path: Path) -> Path:
         ax.set_ylabel(f"test {m.upper()}")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"{flag}: ours vs published MedMNIST v2")
+    fig.suptitle(f"{flag}: ours vs published MedMNIST v2" if official else
+                 f"{flag}: not the official files, so no published numbers beside ours")
     return _save(fig, path)
 
 
@@ -973,9 +981,10 @@ def _headline_md(board: pd.DataFrame, picked: pd.DataFrame) -> list[str]:
                                  r[f"{m}_hi"])
             c = f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}")
             cells.append(c if pd.isna(lo) else f"{c} [{lo:.3f}, {hi:.3f}]")
+        versus = ([f"{r['ref_method']}: {_verdicts(r, 'resnet18')}", _verdicts(r, "best")]
+                  if official_row(r) else ["not the official files: none", "-"])
         out.append(f"| {r['dataset']} | {_label(r, board)} (val {r['val_score']:.3f}) | "
-                   f"{r['n_seeds']} | {cells[0]} | {cells[1]} | {r['ref_method']}: "
-                   f"{_verdicts(r, 'resnet18')} | {_verdicts(r, 'best')} |")
+                   f"{r['n_seeds']} | {cells[0]} | {cells[1]} | {versus[0]} | {versus[1]} |")
     return [*out, ""]
 
 

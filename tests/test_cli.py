@@ -117,6 +117,12 @@ def test_train_seeds_writes_a_leaderboard_run(synth_dir: Path, tmp_path: Path) -
     assert board.exit_code == 0, board.output
     row = pd.read_csv(__import__("io").StringIO(board.output)).iloc[0]
     assert row["n_seeds"] == 3 and row["acc_lo"] <= row["test_acc_mean"] <= row["acc_hi"]
+    # synthetic files are not the release: recorded, and held against no published number
+    assert json.loads((out / "meta.json").read_text()) == {"official_data": {"organamnist": False}}
+    raw = pd.read_csv(__import__("io").StringIO(board.output), keep_default_na=False).iloc[0]
+    assert str(raw["official_data"]) == "False" and raw["verdict_acc_vs_resnet18"] == "n/a"
+    assert "not the official MedMNIST file" in result.output and "best published" not in \
+        result.output
 
 
 def test_train_from_config_file_multi_label(synth_dir: Path, tmp_path: Path) -> None:

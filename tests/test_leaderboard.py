@@ -506,3 +506,28 @@ def test_a_consistent_multi_label_run_is_rescored_with_its_own_task(tmp_path):
     want = reference_bootstrap(y, runs, task, 30)
     for m in ("acc", "auc"):
         assert (r[f"{m}_lo"], r[f"{m}_hi"]) == pytest.approx(want[m], abs=1e-12)
+
+
+def test_a_run_on_files_that_are_not_the_release_is_held_against_no_published_number(
+        run_a, board, tmp_path):
+    """meta.json `official_data` False (synthetic, re-split or edited files): no reference,
+    no verdict, no wins/losses and no published columns; an official run beside it keeps its
+    comparison, and a run from before the field is treated as official (as it was shown)."""
+    run_b = make_run(tmp_path, "run-b", seed=5, datasets=("breastmnist",))
+    meta = json.loads((run_b / "meta.json").read_text())
+    (run_b / "meta.json").write_text(json.dumps({**meta,
+                                                 "official_data": {"breastmnist": False}}))
+    alone = build_leaderboard(run_b, n_boot=100)
+    assert not alone["official_data"].any()
+    assert (alone["ref_method"] == "").all() and alone["best_auc_method"].isna().all()
+    for col in [c for c in BOARD_COLUMNS if c.startswith("verdict_")]:
+        assert (alone[col] == "n/a").all(), col
+    assert summarize(alone).empty
+    md = format_board(alone, "md")
+    assert "best published" not in md and "ResNet" not in md
+    assert "Note: not the official MedMNIST file" in md
+    assert board["official_data"].all()  # no field in run-a's meta.json
+    merged = build_leaderboard([run_a, run_b], n_boot=100)
+    a = merged[(merged["run"] == "run-a") & (merged["dataset"] == "breastmnist")]
+    assert (a["ref_method"] == "ResNet-18 (28)").all() and a["ref_acc"].notna().all()
+    assert set(summarize(merged)["n_compared"]) == {2}  # run-a's two datasets, not run-b's

@@ -93,6 +93,7 @@ def test_run_directory_spec_and_meta(tiny_run):
     assert yaml.safe_load((run_dir / "spec.yaml").read_text()) == spec.to_dict()
     on_disk = json.loads((run_dir / "meta.json").read_text())
     assert on_disk["name"] == "tiny" and on_disk["resumed"] is False
+    assert on_disk["official_data"] == {"breastmnist": False, "chestmnist": False}  # synthetic
     assert re.fullmatch(r"[0-9a-f]{40}", on_disk["git_commit"])
     from bench.experiment import code_sha256
 
