@@ -12,6 +12,7 @@ import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,13 +52,11 @@ BOARD_COLUMNS = [
 ]
 
 
-def official_row(row) -> bool:
-    """A board row's `official_data`: whether its files were the MedMNIST release (True for a
-    board from before the column existed)."""
-    value = getattr(row, "official_data", True) if not isinstance(row, dict) \
-        else row.get("official_data", True)
-    return True if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else bool(value)
+def official_row(row: Any) -> bool:
+    """A board row's (Series or itertuples row) `official_data`: whether its files were the
+    MedMNIST release; True when the value is missing (a board from before the column)."""
+    value = getattr(row, "official_data", None)
+    return True if value is None or pd.isna(value) else bool(value)
 
 
 def verdict(lo: float, hi: float, published: float) -> str:
