@@ -195,7 +195,7 @@ def _train_one(conf, data, out: Path):
                    f"val_auc {r['val_auc']:.4f}  val_acc {r['val_acc']:.4f}  "
                    f"{r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s")
 
-    result = fit(conf, data, on_epoch=progress)
+    result = fit(conf, data, on_epoch=progress, hflip_scores=True)
     name = f"{conf.dataset}-{conf.model}-s{conf.seed}"
     write_training_run(out, conf.to_dict(), data.info, conf.size, result, run=name)
     typer.echo(f"best epoch {result.best_epoch} (by val AUC): val AUC {result.val['auc']:.4f} "

@@ -35,6 +35,9 @@ REF_3D = "ResNet-18+3D"
 # averaged probabilities (kind "ensemble"), or a blend of several families' seed ensembles,
 # `<family> ×N (w) + ... ens` with `weights` (JSON family -> weight; bench.ensemble: fitted and
 # cross-checked on validation only, and present only when it beats one family out of fold).
+# `<family> ×N ens +hflip` (`tta` "hflip"): the seed ensemble with each seed's probabilities
+# averaged over the image and its left-right mirror (test-time flip), present only when that
+# raises the ensemble's validation score (test labels never decide it).
 # `picked`: the entry the run's rule chooses per
 # dataset, by validation score only (bench.selection.pick_entries).
 BOARD_COLUMNS = [
@@ -49,7 +52,9 @@ BOARD_COLUMNS = [
     "verdict_acc_vs_resnet18", "verdict_auc_vs_resnet18",
     "verdict_acc_vs_best", "verdict_auc_vs_best",
     "trials", "device_s", "wall_s", "run_wall_s", "baseline_note", "weights", "official_data",
+    "tta",
 ]
+HFLIP = "hflip"  # the one test-time transform: bench.train.Runner.scores(hflip=True)
 
 
 def official_row(row: Any) -> bool:
@@ -269,6 +274,12 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
             ens.update(_leakfree(ok, task, audits, scores=scores))
             rows.append(ens)
             pools.setdefault((run, flag, int(size)), []).append((row, ok, scores))
+            flipped = ensemble_scores(ok, tta=HFLIP)
+            tta = _ensemble_row(row, flipped, len(ok), task, n_boot, tta=HFLIP)
+            if tta is not None and tta["val_score"] > ens["val_score"]:  # measured to help
+                tta.update(_compare(tta, cand, ref))
+                tta.update(_leakfree(ok, task, audits, scores=flipped))
+                rows.append(tta)
     for pool in pools.values():
         blended = _blend_row(pool, n_boot, audits)
         if blended is not None:
@@ -302,21 +313,31 @@ def _leakfree(ok: pd.DataFrame, task: str, audits: dict,
     return leakage_free(loaded, audits[key], task)
 
 
-def ensemble_scores(group: pd.DataFrame) -> dict[str, np.ndarray] | None:
+def ensemble_scores(group: pd.DataFrame, tta: str = "") -> dict[str, np.ndarray] | None:
     """The seeds' probabilities averaged (val and test), or None when fewer than two seeds
-    have scores on disk. Averaging probabilities is what `predict` would do with the members."""
+    have scores on disk. Averaging probabilities is what `predict` would do with the members.
+    `tta` ("hflip"): each seed's probabilities first averaged with those of the mirrored
+    images; None when a seed's scores.npz lacks them (runs from before they were written)."""
     loaded = [load_scores(r.root, r.run_dir) for r in group.itertuples()]
     if len(loaded) < 2 or any(s is None for s in loaded):
         return None
-    return {"val_scores": np.mean([s["val_scores"] for s in loaded], axis=0),
-            "test_scores": np.mean([s["test_scores"] for s in loaded], axis=0),
+    if tta and any(f"val_scores_{tta}" not in s for s in loaded):
+        return None
+
+    def seed_scores(s: dict[str, np.ndarray], split: str) -> np.ndarray:
+        key = f"{split}_scores"
+        return (s[key] + s[f"{key}_{tta}"]) / 2 if tta else s[key]
+
+    return {"val_scores": np.mean([seed_scores(s, "val") for s in loaded], axis=0),
+            "test_scores": np.mean([seed_scores(s, "test") for s in loaded], axis=0),
             "val_labels": loaded[0]["val_labels"], "test_labels": loaded[0]["test_labels"]}
 
 
 def _ensemble_row(single: dict, s: dict[str, np.ndarray] | None, n_members: int, task: str,
-                  n_boot: int) -> dict | None:
+                  n_boot: int, tta: str = "") -> dict | None:
     """The seed ensemble of one family as an entry of its own: official metrics of the averaged
-    probabilities, a bootstrap CI over test images, and the members' summed cost."""
+    probabilities, a bootstrap CI over test images, and the members' summed cost; `tta`
+    names the test-time transform averaged into `s`, if any (it labels the entry)."""
     if s is None:
         return None
     test = metrics.evaluate(s["test_labels"], s["test_scores"], task)
@@ -325,7 +346,8 @@ def _ensemble_row(single: dict, s: dict[str, np.ndarray] | None, n_members: int,
     row = {k: single[k] for k in ("run", "dataset", "size", "task", "n_failed", "trials",
                                   "device_s", "wall_s", "run_wall_s", "baseline_note",
                                   "official_data")}
-    row.update(family=f"{single['family']} ×{n_members} ens", kind="ensemble", n_seeds=n_members,
+    row.update(family=f"{single['family']} ×{n_members} ens" + (f" +{tta}" if tta else ""),
+               kind="ensemble", n_seeds=n_members, tta=tta,
                test_acc_mean=test["acc"], test_auc_mean=test["auc"], test_acc_std=math.nan,
                test_auc_std=math.nan, val_auc_mean=val["auc"],
                val_score=selection.score(val["auc"], val["acc"]))
@@ -383,13 +405,22 @@ def entry_weights(entry: pd.Series | dict) -> dict[str, float]:
     return {fam.rsplit(" ×", 1)[0] if entry.get("kind") == "ensemble" else fam: 1.0}
 
 
+def entry_tta(entry: pd.Series | dict) -> str:
+    """The test-time transform an entry averages in ("hflip"), or "" (boards from before the
+    column, read back from disk, hold NaN there)."""
+    tta = entry.get("tta")
+    return tta if isinstance(tta, str) else ""
+
+
 def entry_scores(seeds: pd.DataFrame, entry: pd.Series | dict) -> dict[str, np.ndarray] | None:
     """Val/test probabilities of an ensemble entry from its members' seeds (`seeds`: the final
-    rows of its run and dataset): each family's seeds averaged, then the families mixed by the
-    entry's weights. None when a member family has fewer than two seeds with scores on disk."""
+    rows of its run and dataset): each family's seeds averaged (with the entry's test-time
+    transform, if any), then the families mixed by the entry's weights. None when a member
+    family has fewer than two seeds with scores on disk."""
     parts = []
     for fam, w in entry_weights(entry).items():
-        s = ensemble_scores(seeds[(seeds["family"] == fam) & (seeds["status"] == "ok")])
+        s = ensemble_scores(seeds[(seeds["family"] == fam) & (seeds["status"] == "ok")],
+                            tta=entry_tta(entry))
         if s is None:
             return None
         parts.append((w, s))
@@ -488,6 +519,8 @@ def _md(board: pd.DataFrame) -> str:
            "`×N ens`: the N seeds' probabilities averaged (CI over test images); "
            "`a ×N (w) + b ×M (v) ens`: the families' seed ensembles blended with weights "
            "fitted on validation, kept only when that beats one family out of fold. "
+           "`×N ens +hflip`: the seed ensemble with each image also scored mirrored left-right "
+           "(test-time flip), shown only when that raises its validation score. "
            "**picked**: the entry the run chooses per dataset, by validation score only.", ""]
     multi_run = board["run"].nunique() > 1
     for flag, g in board.groupby("dataset", sort=True):

@@ -36,6 +36,7 @@ from bench.leaderboard import (  # noqa: E402
     build_leaderboard,
     comparable_baselines,
     entry_scores,
+    entry_tta,
     entry_weights,
     format_best_trials,
     format_board,
@@ -650,6 +651,8 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
         sc, size = entry_scores(mine, entry), int(entry["size"])
         how = ("averaged" if len(entry_weights(entry)) == 1
                else "averaged per family, families mixed by validation-fitted weights")
+        if entry_tta(entry):
+            how += ", each over the image and its left-right mirror"
         who = f"{entry_name} ({len(mine)} seeds' probabilities {how})"
         out += [head + "The figures below show that ensemble: test ACC "
                 f"{entry['test_acc_mean']:.3f}, AUC {entry['test_auc_mean']:.3f}.", ""]

@@ -172,8 +172,10 @@ def write_training_run(out: Path, config: dict, info, size: int, result, run: st
         write_csv(tmp / "history.csv", pd.DataFrame(result.history), index=False)
         write_json(tmp / "metrics.json", {**result.summary(), "dataset": info.flag, "size": size,
                                           "task": info.task, "run": run})
+        mirrored = {k: getattr(result, k) for k in ("val_scores_hflip", "test_scores_hflip")
+                    if getattr(result, k, None) is not None}
         np.savez(tmp / "scores.npz", val_scores=result.val_scores, test_scores=result.test_scores,
-                 val_labels=result.val_labels, test_labels=result.test_labels)
+                 val_labels=result.val_labels, test_labels=result.test_labels, **mirrored)
         torch.save({"config": config, "state_dict": result.best_state}, tmp / "model.pt")
         for split in ("val", "test"):
             m = getattr(result, split)

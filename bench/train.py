@@ -165,6 +165,11 @@ class FitResult:
     device: str
     n_params: int
     stopped_early: bool = False
+    # the same model's probabilities for the left-right mirrored images (test-time flip);
+    # computed only when fit(hflip_scores=True): the leaderboard decides on validation whether
+    # averaging them in helps (bench.leaderboard)
+    val_scores_hflip: np.ndarray | None = None
+    test_scores_hflip: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"val_auc": self.val["auc"], "val_acc": self.val["acc"],
@@ -267,12 +272,19 @@ class Runner:
             return model(x)
 
     @torch.no_grad()
-    def scores(self, images_u8: torch.Tensor, model: nn.Module | None = None) -> np.ndarray:
-        """Probabilities for a split, from `model` (default: the trained one) in eval mode."""
+    def scores(self, images_u8: torch.Tensor, model: nn.Module | None = None,
+               hflip: bool = False) -> np.ndarray:
+        """Probabilities for a split, from `model` (default: the trained one) in eval mode;
+        `hflip`: of every image mirrored left-right (its last axis, 2D and 3D alike)."""
         model = self.model if model is None else model
         model.eval()
-        out = [scores_from_logits(self.forward_with(model, self.inputs(
-                   images_u8[i:i + self.eval_batch])), self.multi_label)
+
+        def batch(i: int) -> torch.Tensor:
+            x = images_u8[i:i + self.eval_batch]
+            return torch.flip(x, dims=(-1,)) if hflip else x
+
+        out = [scores_from_logits(self.forward_with(model, self.inputs(batch(i))),
+                                  self.multi_label)
                for i in range(0, len(images_u8), self.eval_batch)]
         return torch.cat(out).cpu().numpy().astype(np.float64)
 
@@ -319,11 +331,12 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         on_epoch: Callable[[dict[str, float]], bool | None] | None = None, *,
         rank: int = 0, world_size: int = 1,
         wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-        max_steps: int = 0) -> FitResult:
+        max_steps: int = 0, hflip_scores: bool = False) -> FitResult:
     """Train, keep the weights of the epoch with the best validation AUC, score val and test
     with them. `on_epoch(record)` may return True to stop early (budgets, schedulers).
     `max_steps` > 0 ends training after that many optimizer steps, inside an epoch if need be
     (`medbench perf` times the real loop this way on a few batches of a large model).
+    `hflip_scores`: also score val and test mirrored left-right (for a test-time-flip entry).
 
     Data-parallel use (Ray Train): each of `world_size` workers passes its `rank` and a
     `wrap_model` (e.g. DDP); every epoch's shuffled order is the same on all workers (same
@@ -397,6 +410,11 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
     model.load_state_dict(best_state)
     val_scores = run.scores(val.images, model)
     test_scores = run.scores(data.splits["test"].images, model)
+    mirrored = {}
+    if hflip_scores:
+        mirrored = {"val_scores_hflip": run.scores(val.images, model, hflip=True),
+                    "test_scores_hflip": run.scores(data.splits["test"].images, model,
+                                                    hflip=True)}
     return FitResult(
         history=history, best_epoch=best_epoch,
         best_state={k: v.cpu() for k, v in best_state.items()},
@@ -407,5 +425,5 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         wall_s=time.perf_counter() - t_start,
         train_images_per_s=images_trained / max(train_time, 1e-9),
         device=str(run.device), n_params=sum(p.numel() for p in model.parameters()),
-        stopped_early=stopped,
+        stopped_early=stopped, **mirrored,
     )

@@ -217,7 +217,7 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
                     _trace("record", trial_id)
                 tune.report(rec)
 
-        result = fit(conf, data, on_epoch=on_epoch)
+        result = fit(conf, data, on_epoch=on_epoch, hflip_scores=phase == "final")
         run.finish(result.summary())
     if phase == "search" and record is not None and not record.exists():  # ended early
         write_json(record, {"config": job, "reports": reports})

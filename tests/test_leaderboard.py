@@ -16,7 +16,7 @@ import medmnist
 import numpy as np
 import pandas as pd
 import pytest
-from fake_run import STRENGTHS, make_run, write_label_npz
+from fake_run import STRENGTHS, labels, make_run, write_label_npz
 
 from bench import metrics
 from bench.baselines import load_published
@@ -531,3 +531,71 @@ def test_a_run_on_files_that_are_not_the_release_is_held_against_no_published_nu
     a = merged[(merged["run"] == "run-a") & (merged["dataset"] == "breastmnist")]
     assert (a["ref_method"] == "ResNet-18 (28)").all() and a["ref_acc"].notna().all()
     assert set(summarize(merged)["n_compared"]) == {2}  # run-a's two datasets, not run-b's
+
+
+# --- the test-time flip entry --------------------------------------------------------------------
+
+def _flip_run(root: Path, name: str, val_flip_helps: bool, test_shift: float = 0.0) -> Path:
+    """Three seeds on BreastMNIST-shaped labels whose mirrored-image scores are a stronger
+    signal than the plain ones on validation (or a weaker one), and on test always stronger,
+    shifted by `test_shift`; final.parquet holds medmnist's own metrics of the plain scores."""
+    from medmnist.evaluator import getACC, getAUC
+
+    from bench.results import FINAL_COLUMNS, write_table
+
+    rng = np.random.default_rng(3)
+    y_val, y_test = labels("breastmnist", "val"), labels("breastmnist", "test")
+
+    def probs(y: np.ndarray, signal: float, shift: float = 0.0) -> np.ndarray:
+        p1 = 1 / (1 + np.exp(-(rng.normal(0, 1, len(y)) + signal * (2 * y[:, 0] - 1) + shift)))
+        return np.stack([1 - p1, p1], axis=1)
+
+    run, rows = Path(root) / name, []
+    for k in range(3):
+        rel = f"final/breastmnist/cnn_small/seed{k}"
+        (run / rel).mkdir(parents=True)
+        s = {"val_scores": probs(y_val, 0.6), "test_scores": probs(y_test, 0.6),
+             "val_scores_hflip": probs(y_val, 2.0 if val_flip_helps else 0.0),
+             "test_scores_hflip": probs(y_test, 2.0, test_shift)}
+        np.savez(run / rel / "scores.npz", val_labels=y_val, test_labels=y_test, **s)
+        m = {f"{sp}_{name}": float(f(y, s[f"{sp}_scores"], "binary-class"))
+             for sp, y in (("val", y_val), ("test", y_test))
+             for name, f in (("auc", getAUC), ("acc", getACC))}
+        rows.append({"dataset": "breastmnist", "family": "cnn_small", "seed": k, "size": 28,
+                     **m, "run_dir": rel, "status": "ok", "wall_s": 1.0, "device_s": 2.0})
+    write_table(run / "final.parquet", rows, FINAL_COLUMNS)
+    return run
+
+
+def test_a_flip_entry_appears_only_when_validation_says_it_helps(tmp_path):
+    """`cnn_small ×3 ens +hflip` averages each seed's plain and mirrored probabilities; its
+    test numbers re-score exactly with medmnist's Evaluator, its cost is its members', the
+    report's entry_scores rebuild the same probabilities, and validation picks it here. When
+    the mirrored scores are worse on validation there is no such entry, whatever test says."""
+    from bench.leaderboard import entry_scores
+
+    run = _flip_run(tmp_path, "helps", val_flip_helps=True)
+    board = build_leaderboard(run, n_boot=200)
+    flip = board[board["family"] == "cnn_small ×3 ens +hflip"]
+    assert len(flip) == 1
+    r = flip.iloc[0]
+    assert r["tta"] == "hflip" and r["kind"] == "ensemble" and r["n_seeds"] == 3
+    assert bool(r["picked"])  # the best validation score of the dataset's entries
+    loaded = [np.load(run / d / "scores.npz") for d in load_seeds(run)["run_dir"]]
+    test = np.mean([(s["test_scores"] + s["test_scores_hflip"]) / 2 for s in loaded], axis=0)
+    write_label_npz(tmp_path, "breastmnist")
+    auc, acc = medmnist.Evaluator("breastmnist", "test", root=str(tmp_path)).evaluate(test)
+    assert (r["test_auc_mean"], r["test_acc_mean"]) == pytest.approx((auc, acc), abs=1e-9)
+    single = board[board["family"] == "cnn_small"].iloc[0]
+    assert r["device_s"] == single["device_s"] == 6.0
+    rebuilt = entry_scores(load_seeds(run), r)
+    np.testing.assert_allclose(rebuilt["test_scores"], test)
+    plain = board[board["family"] == "cnn_small ×3 ens"].iloc[0]
+    assert r["val_score"] > plain["val_score"]
+    assert "+hflip" in format_board(board)
+
+    for shift in (0.0, 3.0):  # test scores (labels and all) never decide
+        worse = build_leaderboard(_flip_run(tmp_path, f"worse{shift}", val_flip_helps=False,
+                                            test_shift=shift), n_boot=50)
+        assert not worse["family"].str.contains("hflip").any()
+        assert set(worse["tta"].dropna()) <= {""}

@@ -366,3 +366,34 @@ def test_breast_recipe_beats_published_resnet18_on_a_fresh_seed(real_data_dir: P
     r = fit({**cfg, "seed": 100, "device": "cpu"}, data)
     _check_result(r, data, cfg["epochs"])
     assert r.test["acc"] >= 0.84 and r.test["auc"] >= 0.85, r.test
+
+
+# --- test-time flip scores ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("fixture", ["organa", "organ3d"])
+def test_hflip_scores_are_the_model_on_mirrored_images(request, fixture: str,
+                                                       tmp_path: Path) -> None:
+    """fit(hflip_scores=True) adds the kept model's probabilities of every val/test image
+    mirrored along its last axis (2D and 3D), differing from the plain ones, and
+    write_training_run stores them in scores.npz; without the flag there are none."""
+    from bench.results import write_training_run
+
+    data: MedData = request.getfixturevalue(fixture)
+    cfg = {**(FAST if fixture == "organa" else TINY_3D), "epochs": 1, "seed": 2}
+    r = fit(cfg, data, hflip_scores=True)
+    model = create_model(cfg["model"], data.splits["test"].images.shape[1], data.info.n_classes,
+                         data.size, **TrainConfig.from_dict(cfg).model_hp)
+    model.load_state_dict(r.best_state)
+    runner = Runner(TrainConfig.from_dict(cfg), data, model)
+    for split in ("val", "test"):
+        images = data.splits[split].images
+        mirrored = runner.scores(torch.flip(images, dims=(-1,)))
+        np.testing.assert_allclose(getattr(r, f"{split}_scores_hflip"), mirrored, atol=1e-6)
+        assert not np.allclose(getattr(r, f"{split}_scores_hflip"),
+                               getattr(r, f"{split}_scores"))
+    out = write_training_run(tmp_path / "run", TrainConfig.from_dict(cfg).to_dict(), data.info,
+                             data.size, r, run="x")
+    with np.load(out / "scores.npz") as npz:
+        np.testing.assert_array_equal(npz["test_scores_hflip"], r.test_scores_hflip)
+    plain = fit(cfg, data)
+    assert plain.val_scores_hflip is None and plain.test_scores_hflip is None
