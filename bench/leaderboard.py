@@ -38,8 +38,8 @@ REF_3D = "ResNet-18+3D"
 # `<family> ×N ens +hflip` (`tta` "hflip"): the seed ensemble with each seed's probabilities
 # averaged over the image and its left-right mirror (test-time flip), present only when that
 # raises the ensemble's validation score (test labels never decide it).
-# `picked`: the entry the run's rule chooses per
-# dataset, by validation score only (bench.selection.pick_entries).
+# `picked`: the entry the run's rule chooses per dataset, by validation score only
+# (bench.selection.pick_entries), among the pickable entries (`pickable`).
 BOARD_COLUMNS = [
     "run", "dataset", "family", "kind", "picked", "val_score", "size", "task", "n_seeds",
     "n_failed",
@@ -429,11 +429,28 @@ def entry_scores(seeds: pd.DataFrame, entry: pd.Series | dict) -> dict[str, np.n
             "test_labels": parts[0][1]["test_labels"]}
 
 
+def pickable(board: pd.DataFrame) -> pd.Series:
+    """The entries the pick may choose: all but a family's single-model row where the same
+    seeds also form its seed ensemble. The two are the same trained models, one averaged; the
+    average is the better one in expectation, and on a validation split of 78 images which of
+    the two scores higher is mostly noise (reports/README.md: the ensemble's validation score
+    is the higher in most runs, and on re-split data its test score too)."""
+    plain = board[(board["kind"] == "ensemble") & board["weights"].isna()
+                  & ~board.apply(entry_tta, axis=1).astype(bool)]
+    averaged = {(r["run"], r["dataset"], int(r["size"]), next(iter(entry_weights(r))))
+                for _, r in plain.iterrows()}
+    return pd.Series([not (r["kind"] == "single" and (r["run"], r["dataset"], int(r["size"]),
+                                                      r["family"]) in averaged)
+                      for _, r in board.iterrows()], index=board.index, dtype=bool)
+
+
 def mark_picked(board: pd.DataFrame) -> pd.DataFrame:
-    """`picked` = True on the entry with the best validation score per (run, dataset)."""
+    """`picked` = True on the pickable entry with the best validation score per (run,
+    dataset)."""
     board = board.copy()
     board["picked"] = False
-    for run, g in board.dropna(subset=["val_score"]).groupby("run", sort=False):
+    eligible = board[pickable(board)] if not board.empty else board
+    for run, g in eligible.dropna(subset=["val_score"]).groupby("run", sort=False):
         chosen = selection.pick_entries(
             [{"dataset": r.dataset, "entry": r.family, "val_score": r.val_score}
              for r in g.itertuples()])
@@ -521,7 +538,8 @@ def _md(board: pd.DataFrame) -> str:
            "fitted on validation, kept only when that beats one family out of fold. "
            "`×N ens +hflip`: the seed ensemble with each image also scored mirrored left-right "
            "(test-time flip), shown only when that raises its validation score. "
-           "**picked**: the entry the run chooses per dataset, by validation score only.", ""]
+           "**picked**: the entry the run chooses per dataset, by validation score only "
+           "(a family's seeds compete as their ensemble, not as single models).", ""]
     multi_run = board["run"].nunique() > 1
     for flag, g in board.groupby("dataset", sort=True):
         refs = g.loc[g["ref_method"] != "", "ref_method"].unique()

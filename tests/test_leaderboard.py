@@ -300,9 +300,13 @@ def test_ensemble_rows_rescored_by_medmnist_evaluator(run_a, board, tmp_path):
 
 
 def test_one_picked_entry_per_dataset_chosen_on_validation(board):
-    """`picked` marks exactly one entry per dataset: the best validation score, whatever
-    the test numbers say."""
-    for _, g in board.groupby("dataset"):
+    """`picked` marks exactly one entry per dataset: the best validation score among the
+    pickable entries, whatever the test numbers say."""
+    from bench.leaderboard import pickable
+
+    eligible = pickable(board)
+    assert not eligible[board["kind"] == "single"].any()  # every family here has its ensemble
+    for _, g in board[eligible].groupby("dataset"):
         assert g["picked"].sum() == 1
         assert g.loc[g["picked"], "val_score"].item() == g["val_score"].max()
     shuffled = board.assign(test_acc_mean=board["test_acc_mean"].sample(frac=1, random_state=0)
@@ -451,6 +455,7 @@ def test_a_one_seed_entry_gets_the_reference_ci_no_std_and_no_ensemble(tmp_path)
     run = _constructed_run(tmp_path, "one", "breastmnist", y, {"cnn": runs[:1]})
     board = build_leaderboard(run, n_boot=n_boot)
     assert list(board["kind"]) == ["single"]
+    assert list(board["picked"]) == [True]  # no ensemble to stand in for it
     r = board.iloc[0]
     assert r["n_seeds"] == 1 and math.isnan(r["test_acc_std"])
     for m in ("acc", "auc"):
@@ -599,3 +604,17 @@ def test_a_flip_entry_appears_only_when_validation_says_it_helps(tmp_path):
                                             test_shift=shift), n_boot=50)
         assert not worse["family"].str.contains("hflip").any()
         assert set(worse["tta"].dropna()) <= {""}
+
+
+def test_a_family_competes_for_the_pick_as_its_seed_ensemble(tmp_path):
+    """A single-model row whose seeds also form a `×N ens` entry is never picked, even with
+    the higher validation score: the ensemble stands in for it; it stays on the board."""
+    from bench.leaderboard import mark_picked
+
+    y, runs = _binary_seeds()
+    board = build_leaderboard(_constructed_run(tmp_path, "r", "breastmnist", y,
+                                               {"cnn": runs, "mlp": runs[1:]}), n_boot=50)
+    single = board["family"] == "cnn"
+    boosted = mark_picked(board.assign(val_score=board["val_score"].where(~single, 2.0)))
+    assert not boosted.loc[single, "picked"].any() and boosted["picked"].sum() == 1
+    assert set(board["family"]) >= {"cnn", "cnn ×3 ens", "mlp", "mlp ×2 ens"}
