@@ -970,8 +970,9 @@ def _headline_md(board: pd.DataFrame, picked: pd.DataFrame) -> list[str]:
     """One row per dataset: the picked entry and what it says against the published numbers."""
     if picked.empty:
         return ["_No successful final runs: nothing to report._", ""]
-    out = ["Per dataset, the entry the run picks by **validation** score ((AUC + ACC) / 2, over "
-           "its seeds; test never chooses), "
+    out = ["Per dataset, the entry the run picks by **validation** score ((AUC + ACC) / 2 of "
+           "an ensemble's averaged probabilities, or over a lone model's seeds; a family's "
+           "seeds compete as their ensemble; test never chooses), "
            "its test numbers over fresh seeds (mean ± std [95% bootstrap CI]), and the verdict "
            "against the published ResNet-18 reference and the best published method "
            "(difference, then **above**/**below** only when the CI excludes it).", "",
