@@ -618,3 +618,26 @@ def test_a_family_competes_for_the_pick_as_its_seed_ensemble(tmp_path):
     boosted = mark_picked(board.assign(val_score=board["val_score"].where(~single, 2.0)))
     assert not boosted.loc[single, "picked"].any() and boosted["picked"].sum() == 1
     assert set(board["family"]) >= {"cnn", "cnn ×3 ens", "mlp", "mlp ×2 ens"}
+
+
+def test_pick_rule_study_counts_test_only_on_non_official_runs(tmp_path):
+    """scripts/pick_rule_study.py: validation pairs from every run, test pairs only from runs
+    whose meta.json says the files are not the release."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pick_rule_study", Path(__file__).resolve().parent.parent / "scripts"
+        / "pick_rule_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)  # type: ignore[union-attr]
+    y, runs = _binary_seeds()
+    official = _constructed_run(tmp_path, "official", "breastmnist", y, {"cnn": runs})
+    other = _constructed_run(tmp_path, "other", "breastmnist", y, {"cnn": runs, "mlp": runs[:2]})
+    (other / "meta.json").write_text(json.dumps({"official_data": {"breastmnist": False}}))
+    d = study.pairs([official, other])
+    assert sorted(d["family"]) == ["cnn", "cnn", "mlp"]
+    assert d["official_data"].tolist().count(False) == 2
+    nonoff = d[~d["official_data"]]
+    acc = study.ahead(nonoff, "test_acc_ens", "test_acc_single")
+    assert acc["n"] == 2 and acc["ensemble_ahead"] + acc["ensemble_behind"] + acc["tied"] == 2
+    assert study.ahead(d, "val_ens", "val_single")["n"] == 3
