@@ -606,6 +606,32 @@ def test_a_flip_entry_appears_only_when_validation_says_it_helps(tmp_path):
         assert set(worse["tta"].dropna()) <= {""}
 
 
+def test_a_flip_gain_within_validation_noise_is_no_entry(tmp_path):
+    """Mirrored scores that fix one wrong validation image raise the ensemble's validation
+    score, but by less than the paired bootstrap can tell from zero: no `+hflip` entry."""
+    from bench.leaderboard import ensemble_scores, flip_helps
+
+    run = _flip_run(tmp_path, "tiny", val_flip_helps=True)
+    y = labels("breastmnist", "val")[:, 0]
+    seeds = load_seeds(run)
+    p1 = ensemble_scores(seeds)["val_scores"][:, 1]
+    wrong = np.flatnonzero((p1 > 0.5) != (y == 1))
+    fixed = wrong[np.argmin(np.abs(p1[wrong] - 0.5))]  # the ensemble's closest miss
+    for rel in seeds["run_dir"]:
+        with np.load(run / rel / "scores.npz") as z:
+            s = {n: z[n] for n in z.files}
+        mirrored = s["val_scores"].copy()
+        mirrored[fixed] = np.eye(2)[y[fixed]]  # the mirror gets that one image right
+        np.savez(run / rel / "scores.npz", **{**s, "val_scores_hflip": mirrored})
+    plain, flipped = ensemble_scores(seeds), ensemble_scores(seeds, tta="hflip")
+    from bench.ensemble import val_score
+
+    assert val_score(y[:, None], flipped["val_scores"], "binary-class") > \
+        val_score(y[:, None], plain["val_scores"], "binary-class")
+    assert not flip_helps(flipped, plain, "binary-class")
+    assert not build_leaderboard(run, n_boot=50)["family"].str.contains("hflip").any()
+
+
 def test_a_family_competes_for_the_pick_as_its_seed_ensemble(tmp_path):
     """A single-model row whose seeds also form a `×N ens` entry is never picked, even with
     the higher validation score: the ensemble stands in for it; it stays on the board."""

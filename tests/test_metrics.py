@@ -428,3 +428,22 @@ def test_acc_threshold_is_passed_to_medmnist() -> None:
         want = getACC(y.squeeze(), s, "binary-class", t)
         assert acc_score(y, s, "binary-class", threshold=t) == want
     assert acc_score(y, s, "binary-class", threshold=0.3) != acc_score(y, s, "binary-class")
+
+
+def test_paired_difference_ci_is_zero_for_the_same_scores_and_signed_for_better_ones():
+    """The paired bootstrap of score(a) - score(b): exactly 0 for a == b; above 0 for a
+    clearly better a, below 0 with the roles swapped."""
+    from bench.metrics import paired_difference_ci
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (300, 1))
+    good = np.clip(0.5 + 0.4 * (2 * y[:, 0] - 1) + rng.normal(0, 0.2, 300), 0, 1)
+    weak = np.clip(0.5 + 0.05 * (2 * y[:, 0] - 1) + rng.normal(0, 0.2, 300), 0, 1)
+    as_probs = lambda p: np.stack([1 - p, p], axis=1)  # noqa: E731
+    assert paired_difference_ci(y, as_probs(weak), as_probs(weak), "binary-class",
+                                n_boot=200) == (0.0, 0.0)
+    lo, hi = paired_difference_ci(y, as_probs(good), as_probs(weak), "binary-class", n_boot=200)
+    assert 0 < lo < hi
+    lo2, hi2 = paired_difference_ci(y, as_probs(weak), as_probs(good), "binary-class",
+                                    n_boot=200)
+    assert hi2 < 0 and (lo2, hi2) == pytest.approx((-hi, -lo))
