@@ -49,6 +49,7 @@ from bench.leaderboard import (  # noqa: E402
     read_meta,
     run_labels,
     summarize,
+    verdict,
 )
 from bench.results import atomic_write, write_text  # noqa: E402
 from bench.studies import (  # noqa: E402
@@ -992,6 +993,38 @@ def _headline_md(board: pd.DataFrame, picked: pd.DataFrame) -> list[str]:
     return [*out, ""]
 
 
+def _versus_published_md(picked: pd.DataFrame) -> list[str]:
+    """Per dataset on the official files: the picked entry's cost and its test numbers against
+    every published method of a comparable size, each difference with the CI rule's verdict
+    (the headline names only the reference and the best)."""
+    published, out = load_published(), []
+    for _, r in picked.iterrows():
+        cand, _, _ = comparable_baselines(published, r["dataset"], int(r["size"]),
+                                          official_row(r))
+        if cand.empty:
+            continue
+        wall = r.get("run_wall_s")
+        out += [f"**{r['dataset']}**: {r['family']}; {int(r['trials'])} search trials, "
+                f"{r['device_s']:.0f} device-s" + ("" if pd.isna(wall) else
+                                                   f"; the whole run {wall / 60:.1f} min wall"),
+                "", "| published method | ACC | AUC | ACC: ours − published | "
+                "AUC: ours − published |", "|---|---|---|---|---|"]
+        for _, p in cand.iterrows():
+            cells = []
+            for m in ("acc", "auc"):
+                v = verdict(r[f"{m}_lo"], r[f"{m}_hi"], float(p[m]))
+                v = f"**{v}**" if v in ("above", "below") else v
+                cells.append(f"{r[f'test_{m}_mean'] - float(p[m]):+.3f} {v}")
+            out.append(f"| {p['method']} | {float(p['acc']):.3f} | {float(p['auc']):.3f} | "
+                       f"{cells[0]} | {cells[1]} |")
+        out.append("")
+    if not out:
+        return []
+    return ["### The picked entry against every published method", "",
+            "Ours minus the published mean; **above**/**below** only when our 95% CI excludes "
+            "the published number.", "", *out]
+
+
 def _runs_md(paths: list[Path]) -> list[str]:
     out = ["## Runs", ""]
     for p in paths:
@@ -1079,7 +1112,7 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
     md = ["# MedMNIST-Bench report", "",
           "Published numbers: MedMNIST v2 (Yang et al., Scientific Data 10:41, 2023, "
           "doi:10.1038/s41597-022-01721-8).", "",
-          "## Results", "", *_headline_md(board, picked),
+          "## Results", "", *_headline_md(board, picked), *_versus_published_md(picked),
           "## Leaderboard", "", format_board(board, "md"), *_across_md(board, figs, rel)]
     for _, entry in picked.iterrows():
         md += [f"## {entry['dataset']}", "",

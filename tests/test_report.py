@@ -310,3 +310,21 @@ def test_class_mix_names_a_test_split_shift_and_only_then():
                                                                   np.full(100, 0.1)]},
                           metrics.BINARY, names)
     assert multi[multi["split"] == "test"].set_index("class").loc[0, "predicted_share"] == 1.0
+
+
+def test_picked_entry_is_set_against_every_published_method_and_only_on_official_files():
+    """One line per comparable published method (all seven 28 px rows of BreastMNIST), each
+    difference and verdict by the CI rule; a run on non-official files gets no such table."""
+    row = {"dataset": "breastmnist", "family": "cnn_small ×3 ens", "size": 28, "trials": 18,
+           "device_s": 607.0, "run_wall_s": 1452.0, "official_data": True,
+           "test_acc_mean": 0.897, "acc_lo": 0.846, "acc_hi": 0.942,
+           "test_auc_mean": 0.914, "auc_lo": 0.848, "auc_hi": 0.964}
+    lines = rpt._versus_published_md(pd.DataFrame([row]))
+    table = [ln for ln in lines if ln.startswith("| ") and "published method" not in ln]
+    assert len(table) == 7
+    assert "| auto-sklearn | 0.803 | 0.836 | +0.094 **above** | +0.078 **above** |" in table
+    assert "| Google AutoML Vision | 0.861 | 0.919 | +0.036 within noise | -0.005 within noise |" \
+        in table
+    assert any("18 search trials, 607 device-s; the whole run 24.2 min wall" in ln
+               for ln in lines)
+    assert rpt._versus_published_md(pd.DataFrame([{**row, "official_data": False}])) == []
