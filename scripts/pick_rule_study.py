@@ -38,7 +38,7 @@ def pairs(run_dirs: list[Path]) -> pd.DataFrame:
             if len(ens) != 1:
                 continue
             e = ens.iloc[0]
-            rows.append({"run": str(run), "dataset": single["dataset"],
+            rows.append({"run": Path(run).name, "dataset": single["dataset"],
                          "family": single["family"], "official_data": bool(single["official_data"]),
                          "val_single": single["val_score"], "val_ens": e["val_score"],
                          **{f"test_{m}_{k}": r[f"test_{m}_mean"] for m in ("acc", "auc")
