@@ -116,6 +116,14 @@ def _replicate_metrics(y: np.ndarray, s: np.ndarray, counts: np.ndarray, task: s
     return acc, auc
 
 
+def _replicate_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """`n_boot` bootstrap resamples of `n` images, each as how often it draws every image
+    (rows), the form `_replicate_metrics` scores in one pass."""
+    idx = rng.integers(0, n, (n_boot, n))
+    return np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(),
+                       minlength=n_boot * n).reshape(n_boot, n)
+
+
 def bootstrap_ci(y_true: np.ndarray, scores: list[np.ndarray] | np.ndarray, task: str,
                  n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple]:
     """Percentile bootstrap CI of the seed-mean ACC and AUC.
@@ -128,12 +136,8 @@ def bootstrap_ci(y_true: np.ndarray, scores: list[np.ndarray] | np.ndarray, task
     runs = [np.asarray(s) for s in (scores if isinstance(scores, list) else [scores])]
     y = np.asarray(y_true)
     rng = np.random.default_rng(seed)
-    n = y.shape[0]
-    idx = rng.integers(0, n, (n_boot, n))
+    counts = _replicate_counts(y.shape[0], n_boot, rng)
     picks = rng.integers(0, len(runs), (n_boot, len(runs)))
-    counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(),
-                         minlength=n_boot * n).reshape(n_boot, n)  # replicate -> image counts
-    del idx
     per_run = [_replicate_metrics(y, r, counts, task) for r in runs]  # each: (acc[B], auc[B])
     rows = np.arange(n_boot)[:, None]
     acc = np.stack([a for a, _ in per_run], axis=1)[rows, picks].mean(axis=1)
@@ -152,11 +156,7 @@ def paired_difference_ci(y_true: np.ndarray, a: np.ndarray, b: np.ndarray, task:
     a variant only when the split supports it: on 78 validation images one image moves ACC by
     1.3 points. Replicates lacking a class (no AUC) are dropped."""
     y = np.asarray(y_true)
-    n = y.shape[0]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, (n_boot, n))
-    counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(),
-                         minlength=n_boot * n).reshape(n_boot, n)
+    counts = _replicate_counts(y.shape[0], n_boot, np.random.default_rng(seed))
     (acc_a, auc_a), (acc_b, auc_b) = (_replicate_metrics(y, np.asarray(s), counts, task)
                                       for s in (a, b))
     diff = ((auc_a + acc_a) - (auc_b + acc_b)) / 2
