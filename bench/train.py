@@ -170,6 +170,9 @@ class FitResult:
     # averaging them in helps (bench.leaderboard)
     val_scores_hflip: np.ndarray | None = None
     test_scores_hflip: np.ndarray | None = None
+    # every epoch's (val, test) probabilities of the scored weights, only when
+    # fit(epoch_scores=True): studies of checkpoint rules re-choose the epoch offline
+    epoch_scores: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"val_auc": self.val["auc"], "val_acc": self.val["acc"],
@@ -331,12 +334,14 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         on_epoch: Callable[[dict[str, float]], bool | None] | None = None, *,
         rank: int = 0, world_size: int = 1,
         wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-        max_steps: int = 0, hflip_scores: bool = False) -> FitResult:
+        max_steps: int = 0, hflip_scores: bool = False,
+        epoch_scores: bool = False) -> FitResult:
     """Train, keep the weights of the epoch with the best validation AUC, score val and test
     with them. `on_epoch(record)` may return True to stop early (budgets, schedulers).
     `max_steps` > 0 ends training after that many optimizer steps, inside an epoch if need be
     (`medbench perf` times the real loop this way on a few batches of a large model).
     `hflip_scores`: also score val and test mirrored left-right (for a test-time-flip entry).
+    `epoch_scores`: keep every epoch's val and test probabilities (for checkpoint-rule studies).
 
     Data-parallel use (Ray Train): each of `world_size` workers passes its `rank` and a
     `wrap_model` (e.g. DDP); every epoch's shuffled order is the same on all workers (same
@@ -369,6 +374,7 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
     scored = average.model if average else model  # the weights that are scored and kept
 
     history: list[dict[str, float]] = []
+    per_epoch: list[tuple[np.ndarray, np.ndarray]] = []
     best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     train_time, stopped, steps, images_trained = 0.0, False, 0, 0
     t_start = time.perf_counter()
@@ -391,7 +397,10 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         epoch_s = time.perf_counter() - t0
         train_time += epoch_s
         images_trained += seen * world_size
-        val_metrics = evaluate(val.raw_labels, run.scores(val.images, scored), info.task)
+        val_now = run.scores(val.images, scored)
+        val_metrics = evaluate(val.raw_labels, val_now, info.task)
+        if epoch_scores:
+            per_epoch.append((val_now, run.scores(data.splits["test"].images, scored)))
         record = {"epoch": epoch, "train_loss": float(total) / seen,
                   "val_auc": val_metrics["auc"],
                   "val_acc": val_metrics["acc"], "lr": opt.param_groups[0]["lr"],
@@ -425,5 +434,5 @@ def fit(cfg: TrainConfig | dict[str, Any], data: MedData,
         wall_s=time.perf_counter() - t_start,
         train_images_per_s=images_trained / max(train_time, 1e-9),
         device=str(run.device), n_params=sum(p.numel() for p in model.parameters()),
-        stopped_early=stopped, **mirrored,
+        stopped_early=stopped, epoch_scores=per_epoch if epoch_scores else None, **mirrored,
     )
