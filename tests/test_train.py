@@ -397,3 +397,22 @@ def test_hflip_scores_are_the_model_on_mirrored_images(request, fixture: str,
         np.testing.assert_array_equal(npz["test_scores_hflip"], r.test_scores_hflip)
     plain = fit(cfg, data)
     assert plain.val_scores_hflip is None and plain.test_scores_hflip is None
+
+
+def test_epoch_scores_are_every_epochs_scored_weights(organa: MedData) -> None:
+    """fit(epoch_scores=True) keeps one (val, test) pair per epoch from the weights that are
+    scored (here the EMA average), and the kept epoch's pair is exactly what fit returns;
+    without the flag there are none (checkpoint-rule studies re-choose the epoch from them)."""
+    from bench.metrics import evaluate
+
+    cfg = {**FAST, "epochs": 3, "seed": 4, "ema": 0.9}
+    r = fit(cfg, organa, epoch_scores=True)
+    assert r.epoch_scores is not None and len(r.epoch_scores) == len(r.history) == 3
+    val, test = r.epoch_scores[r.best_epoch - 1]
+    np.testing.assert_allclose(val, r.val_scores, atol=1e-6)
+    np.testing.assert_allclose(test, r.test_scores, atol=1e-6)
+    for (v, _), record in zip(r.epoch_scores, r.history, strict=True):
+        assert evaluate(r.val_labels, v, organa.info.task)["auc"] == \
+            pytest.approx(record["val_auc"])
+    assert not np.allclose(r.epoch_scores[0][1], r.epoch_scores[-1][1])
+    assert fit(cfg, organa).epoch_scores is None
