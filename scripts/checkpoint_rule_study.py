@@ -169,8 +169,12 @@ def main() -> None:
     judged = verdict(rows, set(args.judge.split(",")))
     print(pd.DataFrame(rows).drop(columns=["seeds"]).to_string(index=False))
     print(pd.DataFrame(judged).to_string(index=False))
+    def shown(spec: str) -> str:  # NAME=RUN:DATA with the run and data folders' names only
+        name, paths = spec.split("=", 1)
+        return f"{name}={':'.join(Path(p).name for p in paths.split(':', 1))}"
+
     out = {"command": "python scripts/checkpoint_rule_study.py " + " ".join(
-               f"--run {Path(r.split('=', 1)[1].split(':', 1)[0]).name}" for r in args.run)
+               f"--run {shown(r)}" for r in args.run)
            + f" --judge {args.judge} --families {args.families} --seeds {args.seeds}",
            "wall_s": time.time() - t0, "judged_on": args.judge.split(","),
            "verdict": judged, "summary": rows}
