@@ -416,3 +416,51 @@ def test_epoch_scores_are_every_epochs_scored_weights(organa: MedData) -> None:
             pytest.approx(record["val_auc"])
     assert not np.allclose(r.epoch_scores[0][1], r.epoch_scores[-1][1])
     assert fit(cfg, organa).epoch_scores is None
+
+
+def test_checkpoint_rule_study_chooses_epochs_from_validation_only() -> None:
+    """scripts/checkpoint_rule_study.py: `best_auc` is fit's own choice (the first best epoch);
+    `significant` moves on only for a gain beyond validation noise; `within_noise` goes back to
+    the first epoch level with the best; and `summarise` scores each seed at its kept epoch, so
+    scrambling test scores changes test numbers but never an epoch."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "checkpoint_rule_study",
+        Path(__file__).resolve().parent.parent / "scripts" / "checkpoint_rule_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)  # type: ignore[union-attr]
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+
+    def epoch(separation: float) -> np.ndarray:
+        p1 = 1 / (1 + np.exp(-(separation * (2 * y - 1) + rng.normal(0, 1, y.size))))
+        return np.stack([1 - p1, p1], axis=1)
+
+    base = epoch(0.2)
+    tiny = base.copy()
+    tiny[y == 1, 1] += 1e-4  # the same ranking, a hair better on AUC only
+    tiny[:, 0] = 1 - tiny[:, 1]
+    strong = epoch(3.0)
+    assert study.choose_epoch("best_auc", y, [base, strong, strong.copy()], "binary-class") == 1
+    assert study.choose_epoch("significant", y, [base, tiny], "binary-class") == 0
+    assert study.choose_epoch("significant", y, [base, strong], "binary-class") == 1
+    assert study.choose_epoch("within_noise", y, [base, strong, strong], "binary-class") == 1
+    assert study.choose_epoch("within_noise", y, [strong, base, strong], "binary-class") == 0
+
+    y_test = np.repeat([0, 1], 50)
+    runs = [{"split": "s", "dataset": "breastmnist", "family": "cnn", "seed": s,
+             "task": "binary-class", "val_labels": y, "test_labels": y_test,
+             "epoch_scores": [(v, rng.dirichlet([1, 1], y_test.size))
+                              for v in (base, strong, tiny)]} for s in (1, 2)]
+    rows = study.summarise(runs)
+    for r in runs:
+        r["epoch_scores"] = [(v, rng.dirichlet([1, 1], y_test.size))
+                             for v, _ in r["epoch_scores"]]
+    again = study.summarise(runs)
+    assert [r["kept_epochs"] for r in rows] == [r["kept_epochs"] for r in again]
+    assert {r["rule"]: r["kept_epochs"] for r in rows}["best_auc"] == [2, 2]
+    assert [r["test_acc"] for r in rows] != [r["test_acc"] for r in again]
+    verdict = study.verdict(rows, {"s"})
+    assert {v["rule"] for v in verdict} == {"significant", "within_noise"}
+    assert all(sum(v["wtl_ens_test_acc"]) == 1 for v in verdict)
