@@ -55,6 +55,7 @@ def _train(job: dict) -> dict:
 def choose_epoch(rule: str, y_val: np.ndarray, val_scores: list[np.ndarray], task: str) -> int:
     """The 0-based epoch `rule` keeps, from validation labels and per-epoch val scores only."""
     from bench.metrics import evaluate, paired_difference_ci
+    from bench.selection import score as selection_score
 
     if rule == "best_auc":
         aucs = [evaluate(y_val, s, task)["auc"] for s in val_scores]
@@ -67,7 +68,8 @@ def choose_epoch(rule: str, y_val: np.ndarray, val_scores: list[np.ndarray], tas
                 kept = e
         return kept
     if rule == "within_noise":
-        score = [np.mean(list(evaluate(y_val, s, task).values())) for s in val_scores]
+        score = [selection_score(**{f"val_{k}": v for k, v in evaluate(y_val, s, task).items()})
+                 for s in val_scores]
         best = int(np.argmax(score))
         for e in range(best + 1):
             low, _ = paired_difference_ci(y_val, val_scores[best], val_scores[e], task)
