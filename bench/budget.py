@@ -56,16 +56,25 @@ def accounting(spec: Any, tables: dict[str, list[dict]], slots: int,
     out: dict[str, Any] = {"budget_s_per_dataset": spec.budget_s, "slots": slots,
                            "run_wall_s": run_wall_s, "datasets": {}}
     for flag in spec.datasets:
+        # the pipeline reference (bench.search.reference_jobs) is extra to the budget: apart
         spent = {phase: sum(float(r.get("device_s") or 0) for r in rows
-                            if r.get("dataset") == flag)
+                            if r.get("dataset") == flag and not _is_reference(r))
                  for phase, rows in tables.items()}
+        spent["reference"] = sum(float(r.get("device_s") or 0) for r in tables.get("final", [])
+                                 if r.get("dataset") == flag and _is_reference(r))
         out["datasets"][flag] = {
             "planned_device_s": spec.budget_s * slots if spec.budget_s else None,
             "search_device_s": spent.get("trials", 0.0),
             "selection_device_s": spent.get("selection", 0.0),
             "final_device_s": spent.get("final", 0.0),
-            "spent_device_s": sum(spent.values())}
+            "reference_device_s": spent["reference"],
+            "spent_device_s": sum(v for k, v in spent.items() if k != "reference")}
     return out
+
+
+def _is_reference(row: dict) -> bool:
+    """A final row of the pipeline reference (its config names an `entry`)."""
+    return bool((row.get("config") or {}).get("entry"))
 
 
 def full_run_costs(trials: list[dict], dataset: str, fidelity: dict[str, Any] | None

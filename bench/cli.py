@@ -327,6 +327,13 @@ class ExperimentOptions:
     num_samples: Annotated[int | None, typer.Option(help="trials per experiment")] = None
     max_epochs: Annotated[int | None, typer.Option()] = None
     searcher: Annotated[str | None, typer.Option(help="random | optuna")] = None
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic", help="a fixed number of trials (the preset's fixed_trials), one at a "
+                                "time per family, instead of wall seconds: reruns give the same "
+                                "picks and numbers on any machine")] = False
+    reference: Annotated[bool, typer.Option(
+        "--reference", help="also train the MedMNIST v2 ResNet-18 recipe on 3 of the final "
+                            "seeds of each 2D 28 px dataset (the pipeline reference row)")] = False
 
 
 def experiment_command(body: Callable[..., None]) -> Callable[..., None]:
@@ -363,7 +370,9 @@ def _experiment(opts: ExperimentOptions, final_seeds: int | None = None, final: 
     spec = load_spec(opts.spec_file, opts.preset, datasets=opts.datasets,
                      families=opts.families, name=opts.name, num_samples=opts.num_samples,
                      max_epochs=opts.max_epochs, final_seeds=final_seeds,
-                     searcher=opts.searcher, verify_md5=False if opts.no_verify else None)
+                     searcher=opts.searcher, verify_md5=False if opts.no_verify else None,
+                     deterministic=True if opts.deterministic else None,
+                     reference_seeds=3 if opts.reference else None)
     run_dir = opts.out or Path("runs") / spec.name
     meta = execute(spec, run_dir, storage=opts.storage, address=opts.address,
                    data_dir=opts.data_dir, wandb=opts.wandb, final=final, echo=typer.echo)

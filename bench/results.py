@@ -46,6 +46,10 @@ FINAL_COLUMNS = [
 ]
 
 
+# The board name of the pipeline reference's seeds (bench.search.reference_jobs): the
+# MedMNIST v2 ResNet-18 recipe trained by this pipeline. Never picked (bench.leaderboard).
+REFERENCE_ENTRY = "official-resnet18"
+
 # what a finished final run adds to its row (the rest comes from its config)
 FINAL_RESULT_KEYS = ("val_auc", "val_acc", "test_auc", "test_acc", "best_epoch", "epochs_run",
                      "train_images_per_s", "history", "wall_s", "device_s")
@@ -65,7 +69,9 @@ def final_row(config: dict[str, Any], result: dict[str, Any] | None = None,
     `config` is the seed's training config (it names dataset, model, size and seed);
     `result` the finished run's metrics, history, wall_s and device_s (None when it failed or
     left no checkpoint: the row then says only what was asked and why it failed)."""
-    dataset, family, seed = config["dataset"], config["model"], config["seed"]
+    # `entry` names a row that is not a searched family (the pipeline reference)
+    dataset, family, seed = config["dataset"], config.get("entry") or config["model"], \
+        config["seed"]
     row = {"dataset": dataset, "family": family, "seed": seed, "size": config["size"],
            "config": config, "run_dir": str(final_run_dir(dataset, family, seed)),
            "status": "failed" if error else "ok", "error": error}

@@ -28,7 +28,7 @@ from typing import Any
 from bench import progress
 from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
-from bench.results import final_row
+from bench.results import REFERENCE_ENTRY, final_row
 from bench.spaces import Spec, to_tune
 from bench.tracking import trial_runs_callback
 from bench.trial import DRIVER_RESOURCES, faults_from_env, trial_fn
@@ -124,7 +124,10 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
         asha_kw = {"max_t": budget["max_epochs"], "grace_period": budget["grace_period"]}
     scheduler = (ASHAScheduler(reduction_factor=spec.reduction_factor, **asha_kw)
                  if spec.scheduler == "asha" else FIFOScheduler())
-    limits = [t for t in (spec.time_budget_s, plan.get("search_s", 0)) if t]
+    # deterministic mode: a fixed trial count and one trial at a time (see Spec.deterministic)
+    limits = [] if spec.deterministic else [
+        t for t in (spec.time_budget_s, plan.get("search_s", 0)) if t]
+    concurrent = 1 if spec.deterministic else spec.max_concurrent_trials
     workers = int(spec.distributed.get(family, 0))
     if workers > 1:  # the trial only drives a TorchTrainer; its workers hold the resources
         res_trial, done_dir = DRIVER_RESOURCES, None
@@ -139,7 +142,7 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
         Path(storage), f"{dataset}__{family}", trainable, space,
         tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
                         num_samples=budget["num_samples"], reuse_actors=True,
-                        max_concurrent_trials=spec.max_concurrent_trials or None,
+                        max_concurrent_trials=concurrent or None,
                         time_budget_s=min(limits) if limits else None),
         {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
          "callbacks": [ProgressCallback(f"{dataset}/{family}", METRIC),
@@ -227,6 +230,29 @@ def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict],
     return jobs
 
 
+def reference_jobs(spec: Spec, n_train: dict[str, int]) -> list[dict]:
+    """The pipeline reference (`Spec.reference_seeds`): the MedMNIST v2 recipe on the first
+    final seeds of every 2D dataset at 28 px (the size the published ResNet-18 (28) row is
+    for), trained on as many images as a full-fidelity search trial, its learning-rate steps
+    at 50% and 75% of those epochs as in the paper's 100. Without a fidelity: 100 epochs."""
+    from bench.data import dataset_info
+    from bench.train import TRAIN_PRESETS
+
+    if not spec.reference_seeds or spec.size != 28:
+        return []
+    recipe = TRAIN_PRESETS["official"]
+    jobs = []
+    for flag in spec.datasets:
+        if dataset_info(flag).dims != 2:
+            continue
+        epochs = spec.trial_epochs(recipe["model"], n_train[flag]) if spec.fidelity \
+            else int(recipe["epochs"])
+        jobs += [{**recipe, "dataset": flag, "size": spec.size, "epochs": epochs,
+                  "seed": spec.final_seed_base + k, "phase": "final", "entry": REFERENCE_ENTRY}
+                 for k in range(int(spec.reference_seeds))]
+    return jobs
+
+
 def rest_plans(spec: Spec, slots: int, trials: list[dict],
                spent_before: list[dict] | None = None) -> dict[str, dict]:
     """Per dataset, what its budget has left for the selection re-runs and the final seeds
@@ -235,7 +261,7 @@ def rest_plans(spec: Spec, slots: int, trials: list[dict],
     Empty without a budget: every phase then runs as the spec says."""
     from bench.budget import full_run_costs, plan_rest
 
-    if not spec.budget_s:
+    if not spec.budget_s or spec.deterministic:  # deterministic: counts never follow the clock
         return {}
     sel = spec.selection or {}
     plans = {}
@@ -472,7 +498,11 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
     if cap < len(spec.pairs()) and not by_dataset:
         echo(f"{len(spec.pairs())} experiments, {cap} at a time (max_concurrent_experiments)")
     plans = plan_pairs(spec, n_train)
-    if spec.budget_s:
+    if spec.deterministic:
+        counts = ", ".join(f"{f} {spec.budget(f)['num_samples']}" for f in spec.families)
+        echo(f"deterministic: a fixed number of search trials per dataset ({counts}), one at "
+             "a time per family; no wall-time limit, selection and final seeds as the spec says")
+    elif spec.budget_s:
         slots = trial_slots(spec, cluster)
         echo(f"budget: {spec.budget_s:.0f} s wall per dataset on {slots} trial slots "
              f"({spec.budget_s * slots:.0f} device-s); search phase "
@@ -523,7 +553,7 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
     for flag, p in plans_left.items():
         _echo_cut(echo, flag, p, spec, "final")
     echo(f"final phase: chosen config per experiment x {spec.final_seeds} fresh seeds")
-    jobs = final_jobs(spec, configs, seeds_by)
+    jobs = final_jobs(spec, configs, seeds_by) + reference_jobs(spec, n_train)
     out["final"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
         spec, storage, data_ref, tracker, board, jobs)], board, echo, t0)[0]
     for row in out["final"]:  # fetch each seed's run directory from storage, on the driver

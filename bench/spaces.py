@@ -199,6 +199,19 @@ class Spec:
     portfolio: int = 0
     selection: dict[str, int] = field(default_factory=dict)
     distributed: dict[str, int] = field(default_factory=dict)  # family -> Ray Train workers
+    # Deterministic mode (`--deterministic`): the search stops on a fixed number of trials
+    # (`fixed_trials` per family, else its num_samples), never on wall seconds; each Tuner
+    # runs its trials one after another, so Optuna and ASHA see results in the same order on
+    # any machine; the selection and final phases run as the spec says (no budget cuts).
+    # Picks and numbers then depend on the code, the data and the seeds only, not on load.
+    deterministic: bool = False
+    fixed_trials: dict[str, int] = field(default_factory=dict)
+    # Seeds of the pipeline reference: the MedMNIST v2 recipe (ResNet-18, Adam 1e-3, x0.1 at
+    # 50% and 75%, batch 128; bench.train.TRAIN_PRESETS["official"]) trained by this pipeline on
+    # the first `reference_seeds` final seeds of each 2D 28 px dataset, for as many images as a
+    # full-fidelity trial. Never picked; it separates the method from the pipeline when the
+    # board is held against the paper. 0: off.
+    reference_seeds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)
@@ -208,8 +221,11 @@ class Spec:
         `budgets` overrides them (a ResNet on a CPU costs ~100x a small CNN per epoch)."""
         base = {"num_samples": int(self.num_samples), "max_epochs": int(self.max_epochs),
                 "grace_period": int(self.grace_period)}
-        return {**base, **{k: int(v) for k, v in self.budgets.get(family, {}).items()
-                           if k in base}}
+        out = {**base, **{k: int(v) for k, v in self.budgets.get(family, {}).items()
+                          if k in base}}
+        if self.deterministic and family in self.fixed_trials:
+            out["num_samples"] = int(self.fixed_trials[family])
+        return out
 
     def trial_epochs(self, family: str, n_train: int) -> int:
         """Epochs of a full-fidelity trial of `family` on a training split of n_train images."""
@@ -302,7 +318,8 @@ def _check_fields(raw: dict[str, Any], where: str) -> None:
                                                   raw["project"])):
         raise UserError(f"{where}: project (the W&B project) must be 1-128 letters, digits, "
                         f"'.', '_' or '-', got {raw['project']!r}")
-    for key in ("resources", "overrides", "budgets", "fidelity", "selection", "distributed"):
+    for key in ("resources", "overrides", "budgets", "fidelity", "selection", "distributed",
+                "fixed_trials"):
         if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
             raise UserError(f"{where}: {key} must be a mapping (key: value), got "
                             f"{type(raw[key]).__name__} {raw[key]!r}")
@@ -424,13 +441,24 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
                         f"{', '.join(SCHEDULERS)}")
     # Per-family settings may name any registered family; those of families this run leaves
     # out (e.g. a preset narrowed with --families) simply do not apply.
-    for key in ("overrides", "budgets", "distributed"):
+    for key in ("overrides", "budgets", "distributed", "fixed_trials"):
         per_family = getattr(spec, key) or {}
         for fam in per_family:
             if fam not in list_models():
                 raise UserError(f"{where}: {key} names unknown family {fam!r}; choose from: "
                                 f"{', '.join(list_models())}")
         setattr(spec, key, {f: v for f, v in per_family.items() if f in spec.families})
+    for fam, n in spec.fixed_trials.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"{where}: fixed_trials must map families to a trial count >= 1 "
+                            f"(got {fam!r}: {n!r})")
+    if not isinstance(spec.deterministic, bool):
+        raise UserError(f"{where}: deterministic must be true or false "
+                        f"(got {spec.deterministic!r})")
+    if isinstance(spec.reference_seeds, bool) or not isinstance(spec.reference_seeds, int) \
+            or not 0 <= spec.reference_seeds <= 20:
+        raise UserError(f"{where}: reference_seeds is how many final seeds also train the "
+                        f"official ResNet-18 recipe (0-20), got {spec.reference_seeds!r}")
     for fam, w in spec.distributed.items():
         if not isinstance(w, int) or w < 1:
             raise UserError(f"{where}: distributed must map families to a worker count >= 1 "

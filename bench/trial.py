@@ -173,6 +173,7 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
     label = job_label(job)
     phase = job.pop("phase", "search")
     job.pop("candidate", None)  # a selection re-run's bookkeeping, not a training option
+    job.pop("entry", None)  # the board name of a pipeline-reference seed (bench.search)
     trial_id = tune.get_context().get_trial_id()
     record = None
     if done_dir:
