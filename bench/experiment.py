@@ -50,6 +50,44 @@ def hardware() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__}
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour decides the numbers (a report states them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("medmnist-bench", "torch", "numpy", "ray", "optuna", "scikit-learn", "scipy",
+                 "pandas", "medmnist", "wandb"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def reproduction(spec: Spec, data_dir: str | Path | None) -> dict[str, Any]:
+    """What a reader needs to re-run this run exactly: the command line, the data files with
+    their md5, the package versions, the seeds, and whether the run was deterministic (a fixed
+    trial count; otherwise the wall-time budget makes trial counts follow machine load)."""
+    import shlex
+    import sys
+
+    from bench.data import file_md5, npz_path
+
+    files = {}
+    for flag in spec.datasets:
+        path = npz_path(flag, spec.size, data_dir)
+        files[flag] = {"file": path.name, "md5": file_md5(path) if path.is_file() else None}
+    by_cli = bool(sys.argv) and Path(sys.argv[0]).name == "medbench"
+    return {"command": shlex.join(["medbench", *sys.argv[1:]]) if by_cli else None,
+            "deterministic": bool(spec.deterministic), "data_files": files,
+            "versions": package_versions(),
+            "seeds": {"search": 0, "selection": list(range(1, 1 + int(
+                (spec.selection or {}).get("seeds", 0)))),
+                      "final": [spec.final_seed_base + k for k in range(spec.final_seeds)],
+                      "reference": [spec.final_seed_base + k
+                                    for k in range(spec.reference_seeds)]}}
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -170,7 +208,8 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             "n_retries": sum(int(t.get("retries") or 0) for t in trials),
             "n_final_runs": len(finals), "wandb_mode": tracker.used_mode(), "budget": spent,
             "official_data": {flag: file_status(flag, spec.size, data_dir) == "md5 ok"
-                              for flag in spec.datasets}}
+                              for flag in spec.datasets},
+            **reproduction(spec, data_dir)}
     meta["failures"] = first_errors(trials, finals)
     for where, text in meta["failures"].items():
         echo(f"FAILED {where}: {text}")
