@@ -11,9 +11,10 @@ def _openmp_wait_policy() -> str | None:
     Why: OpenMP threads that finish an op first spin at the barrier. On a machine with more busy
     threads than cores (Ray trials side by side) the spinning threads hold the cores the
     working ones need, and every small op stalls; on an idle machine spinning is the faster
-    choice (`medbench perf` measured both; numbers in reports/measured-in-code.md). So PASSIVE
-    is chosen only in Ray workers, which usually share their node with other trials, and when
-    the machine is already busier than its cores. A policy the user set is always kept."""
+    choice (`medbench perf` measured both; numbers in reports/archive/measured-in-code.md).
+    So PASSIVE is chosen only in Ray workers, which usually share their node with other
+    trials, and when the machine is already busier than its cores. A policy the user set is
+    always kept."""
     if "OMP_WAIT_POLICY" in os.environ:
         return None
     if os.path.basename(sys.argv[0] if sys.argv else "") == "default_worker.py":  # a Ray worker

@@ -3,7 +3,7 @@
 Why Streamlit: the study this project grew from used it; it adds fewer packages than Gradio and
 changes none of ours (Gradio would downgrade Pillow), imports several times faster, and ships
 `streamlit.testing.v1.AppTest`, which runs the page's script in-process, so the predictor and
-its error messages are tested without a browser. Measurements: reports/web-serve.md.
+its error messages are tested without a browser. Measurements: reports/archive/web-serve.md.
 
 Why these defaults: the app has no authentication and runs models on uploaded files, so it
 listens on loopback unless told otherwise (and then warns); Streamlit's usage statistics are

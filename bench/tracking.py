@@ -20,8 +20,8 @@ Why it is shaped this way:
   that ASHA stops at a rung lost its record: Tune raises ``SystemExit`` in the trial's thread and
   ends the worker process without waiting for it, so wandb's service could be torn down before
   the offline run was written (runs were lost that way, despite an exit hook that finished open
-  runs first; reports/measured-in-code.md). The Tuner's process outlives every trial it runs,
-  and Tune tells its callbacks every reported epoch and every end (finished, stopped by the
+  runs first; reports/archive/measured-in-code.md). The Tuner's process outlives every trial
+  it runs, and Tune tells its callbacks every reported epoch and every end (finished, stopped by the
   scheduler, failed), so each run is finished there, in order, by a process nobody kills.
 * That is Ray's ``WandbLoggerCallback`` idea (results logged driver side, one W&B run per trial)
   without its cost and gaps: it starts two extra Ray actors per trial (a logging actor and a

@@ -244,7 +244,7 @@ def scores_from_logits(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
 def memory_format(channels_last: bool, dims: int) -> torch.memory_format:
     """`channels_last` means NHWC for images and NDHWC (channels_last_3d) for volumes: cuDNN's
     fast 3D kernels (bf16 above all) and oneDNN's CPU ones both want channels innermost
-    (measured on a CPU: reports/bench-3d-cpu.md)."""
+    (measured on a CPU: reports/archive/bench-3d-cpu.md)."""
     if not channels_last:
         return torch.contiguous_format
     return torch.channels_last if dims == 2 else torch.channels_last_3d

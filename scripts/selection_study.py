@@ -12,7 +12,7 @@ rule is never one the rule looked at:
 For each held-out seed t and each ordering of the other two, we measure the Spearman rank
 correlation between the rule's score and the test score (ACC+AUC)/2 on seed t across the K
 configs, and the test score of the config each rule would pick (regret against the best).
-Results go to reports/selection-study.json; the table in reports/README.md is pasted from it.
+Results go to reports/selection-study.json; the table in reports/archive/NOTES.md is pasted from it.
 
     python scripts/selection_study.py --data-dir ../shared/medmnist --configs 8 --workers 2
 """

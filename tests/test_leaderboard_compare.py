@@ -1,8 +1,8 @@
 """The board's comparison with the published numbers (`bench.leaderboard._compare`): the signed
 deltas users read, and a (dataset, size) with no published row (NaN and 'n/a', no crash).
 
-Written after mutation testing (reports/test-strength.md): flipping the sign of either delta,
-or breaking the no-reference branch, went unnoticed by the end-to-end board tests."""
+Written after mutation testing (reports/archive/test-strength.md): flipping the sign of either
+delta, or breaking the no-reference branch, went unnoticed by the end-to-end board tests."""
 
 from __future__ import annotations
 
