@@ -48,11 +48,35 @@ def search_wall_s(budget_s: float) -> float:
     return budget_s * SEARCH_FRACTION if budget_s > 0 else 0.0
 
 
+def devices_held(res: dict[str, float], workers: int = 0) -> float:
+    """Devices one trial holds while it runs: its GPUs where it has any (a fraction counts as
+    that fraction), else its CPUs. A `distributed` trial's Ray Train workers hold one GPU each
+    (else max(1, cpu) CPUs each), as `bench.trial.fit_distributed` asks for them."""
+    cpu, gpu = float(res.get("cpu", 1)), float(res.get("gpu", 0))
+    if workers > 1:
+        return workers * (1.0 if gpu > 0 else max(1.0, float(int(cpu))))
+    return gpu if gpu > 0 else cpu
+
+
+def device_seconds(wall_s: float, res: dict[str, float], workers: int = 0) -> float:
+    """What a trial costs the budget: its wall seconds x the devices it held (a 4-CPU trial
+    of 10 s costs 40 device-seconds, a 2-GPU one 20), so trials of different sizes add up in
+    one unit."""
+    return float(wall_s) * devices_held(res, workers)
+
+
+def planned_device_s(budget_s: float, slots: int, res: dict[str, float]) -> float:
+    """A dataset's budget in device-seconds: `budget_s` wall seconds on every trial slot, each
+    slot holding one trial's devices (the same unit `device_seconds` charges)."""
+    return float(budget_s) * slots * devices_held(res)
+
+
 def accounting(spec: Any, tables: dict[str, list[dict]], slots: int,
                run_wall_s: float) -> dict[str, Any]:
     """Planned vs spent per dataset, in device-seconds (trial wall x devices held; trials run
     side by side, so these add up to more than the run's wall time). Planned is `budget_s`
-    times the parallel trial slots the budget was split over."""
+    times the parallel trial slots the budget was split over, times a trial's devices
+    (`planned_device_s`)."""
     out: dict[str, Any] = {"budget_s_per_dataset": spec.budget_s, "slots": slots,
                            "run_wall_s": run_wall_s, "datasets": {}}
     for flag in spec.datasets:
@@ -63,13 +87,26 @@ def accounting(spec: Any, tables: dict[str, list[dict]], slots: int,
         spent["reference"] = sum(float(r.get("device_s") or 0) for r in tables.get("final", [])
                                  if r.get("dataset") == flag and _is_reference(r))
         out["datasets"][flag] = {
-            "planned_device_s": spec.budget_s * slots if spec.budget_s else None,
+            "planned_device_s": (planned_device_s(spec.budget_s, slots, _held_by(spec, tables))
+                                 if spec.budget_s else None),
             "search_device_s": spent.get("trials", 0.0),
             "selection_device_s": spent.get("selection", 0.0),
             "final_device_s": spent.get("final", 0.0),
             "reference_device_s": spent["reference"],
             "spent_device_s": sum(v for k, v in spent.items() if k != "reference")}
     return out
+
+
+def _held_by(spec: Any, tables: dict[str, list[dict]]) -> dict[str, float]:
+    """The per-trial resources the run's rows were charged for: a resolved spec's own, else
+    (`resources: auto`, resolved on the driver only) the devices its trials held, read off
+    their rows (device_s / wall_s)."""
+    res = spec.resources
+    if not isinstance(res.get("cpu", 1), str):
+        return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
+    held = [float(r["device_s"]) / float(r["wall_s"]) for r in tables.get("trials", [])
+            if r.get("device_s") and r.get("wall_s")]
+    return {"cpu": sorted(held)[len(held) // 2] if held else 1.0, "gpu": 0.0}
 
 
 def _is_reference(row: dict) -> bool:

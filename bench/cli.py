@@ -334,6 +334,11 @@ class ExperimentOptions:
     reference: Annotated[bool, typer.Option(
         "--reference", help="also train the MedMNIST v2 ResNet-18 recipe on 3 of the final "
                             "seeds of each 2D 28 px dataset (the pipeline reference row)")] = False
+    gpus_per_trial: Annotated[float | None, typer.Option(
+        help="GPUs each trial asks for where the cluster has GPUs (0.25: four trials share "
+             "one); 0: CPU-only trials. Default: the spec's resources (auto: 1)")] = None
+    wandb_project: Annotated[str | None, typer.Option(
+        help="W&B project (default: $WANDB_PROJECT, else the spec's project)")] = None
 
 
 def experiment_command(body: Callable[..., None]) -> Callable[..., None]:
@@ -361,11 +366,10 @@ def experiment_command(body: Callable[..., None]) -> Callable[..., None]:
     return app.command(name=body.__name__)(command)
 
 
-def _experiment(opts: ExperimentOptions, final_seeds: int | None = None, final: bool = True,
-                report: Path | None = None) -> Path:
-    """Shared body of `search` and `run`: build the spec, then execute it into a run dir."""
-    from bench.experiment import execute, final_table
-    from bench.spaces import load_spec
+def experiment_spec(opts: ExperimentOptions, final_seeds: int | None = None) -> Any:
+    """The spec `search`, `run` and `plan` build from their options: the spec file or preset,
+    the options given over it, then `--gpus-per-trial` over its resources."""
+    from bench.spaces import build_spec, load_spec
 
     spec = load_spec(opts.spec_file, opts.preset, datasets=opts.datasets,
                      families=opts.families, name=opts.name, num_samples=opts.num_samples,
@@ -373,6 +377,42 @@ def _experiment(opts: ExperimentOptions, final_seeds: int | None = None, final: 
                      searcher=opts.searcher, verify_md5=False if opts.no_verify else None,
                      deterministic=True if opts.deterministic else None,
                      reference_seeds=3 if opts.reference else None)
+    if opts.gpus_per_trial is not None:
+        from bench.resources import with_gpus_per_trial
+
+        raw = {**spec.to_dict(), "resources": with_gpus_per_trial(spec.resources,
+                                                                  opts.gpus_per_trial)}
+        spec = build_spec(raw, str(opts.spec_file or f"preset {opts.preset or 'quick'}"))
+    return spec
+
+
+def plan_line(spec: Any) -> str:
+    """`medbench plan`'s one-line summary, printed by `medbench run` before it starts; a plan
+    that cannot be made (a calibration failing on this machine) never stops the run."""
+    from bench.plan import make_plan, summary_line
+
+    try:
+        return summary_line(make_plan(spec))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an estimate must not fail the run it describes
+        return f"plan: not available ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+
+
+def _experiment(opts: ExperimentOptions, final_seeds: int | None = None, final: bool = True,
+                report: Path | None = None) -> Path:
+    """Shared body of `search` and `run`: build the spec, then execute it into a run dir."""
+    from bench.experiment import execute, final_table
+
+    spec = experiment_spec(opts, final_seeds)
+    if opts.wandb_project is not None:  # what WANDB_PROJECT says, for this command
+        import os
+
+        from bench.tracking import check_project
+
+        os.environ["WANDB_PROJECT"] = check_project(opts.wandb_project, "--wandb-project")
+    if final:
+        typer.echo(plan_line(spec))
     run_dir = opts.out or Path("runs") / spec.name
     meta = execute(spec, run_dir, storage=opts.storage, address=opts.address,
                    data_dir=opts.data_dir, wandb=opts.wandb, final=final, echo=typer.echo)
@@ -409,6 +449,43 @@ def run(
 ) -> None:
     """The main job: search -> final seeded runs -> leaderboard -> report."""
     _experiment(opts, final_seeds=final_seeds, final=True, report=report)
+
+
+@app.command()
+def plan(
+    spec_file: Annotated[Path | None, typer.Argument(
+        help="experiment spec YAML (or --preset)", show_default=False)] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="smoke | quick | standard | full | breast-recipe (default quick)")] = None,
+    datasets: Annotated[str | None, typer.Option(help="comma-separated flags")] = None,
+    families: Annotated[str | None, typer.Option(help="comma-separated model families")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="trials per experiment")] = None,
+    final_seeds: Annotated[int | None, typer.Option(help="fresh seeds per best config")] = None,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic", help="plan the deterministic mode (fixed trial counts)")] = False,
+    gpus_per_trial: Annotated[float | None, typer.Option(
+        help="GPUs per trial where there are GPUs (as for `run`)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="parallel trial slots for the wall times (default: this machine's)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text | json",
+                                     callback=choice("text", "json"))] = "text",
+    refresh: Annotated[bool, typer.Option(
+        "--refresh", help="measure this machine's training rates again (else cached)")] = False,
+) -> None:
+    """What a spec will cost before anything runs: per dataset x family the images to train,
+    trials, re-runs and seeds, device-seconds here (measured rates) and on an A100 / H100
+    (estimates), wall time on N trial slots, and the smallest ACC difference each test set
+    can detect."""
+    import json
+
+    from bench.plan import format_plan, make_plan
+
+    opts = ExperimentOptions(spec_file=spec_file, preset=preset, datasets=datasets,
+                             families=families, num_samples=num_samples,
+                             deterministic=deterministic, gpus_per_trial=gpus_per_trial)
+    the_plan = make_plan(experiment_spec(opts, final_seeds), workers=workers, refresh=refresh)
+    typer.echo(json.dumps(the_plan, indent=2, default=str) if fmt == "json"
+               else format_plan(the_plan))
 
 
 RunDirs = Annotated[list[Path], typer.Argument(help="run directories (several merge)")]

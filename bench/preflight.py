@@ -42,15 +42,22 @@ def is_local(address: str | None) -> bool:
     return not address and not os.environ.get("RAY_ADDRESS")
 
 
-def trial_bundles(spec: Spec, has_gpu: bool) -> dict[str, tuple[dict[str, float], int]]:
-    """Per family: (resources of one placement bundle, how many bundles a trial needs). A
-    plain trial is one bundle; a `distributed` family's trial is `workers` bundles of
-    max(1, cpu) CPUs (and one GPU each when GPUs are used), as `bench.trial.fit_distributed`
-    asks Ray Train for. GPUs count only where the cluster has any, or `require_gpu` is set
-    (else `bench.search.resolve_resources` runs the spec CPU-only)."""
-    res = spec.resources
-    gpu = float(res.get("gpu", 0)) if (has_gpu or res.get("require_gpu")) else 0.0
-    cpu = float(res.get("cpu", 1))
+def trial_bundles(spec: Spec, nodes: list[dict[str, float]], for_autoscaler: bool = False
+                  ) -> dict[str, tuple[dict[str, float], int]]:
+    """Per family: (resources of one placement bundle, how many bundles a trial needs), with
+    the spec's resources resolved for `nodes` as the driver will resolve them
+    (`bench.resources.resolve`: GPUs only where some node has one, or `require_gpu`; `cpu:
+    auto` from the GPU nodes' shape). A plain trial is one bundle; a `distributed` family's
+    trial is `workers` bundles of max(1, cpu) CPUs (and one GPU each when GPUs are used), as
+    `bench.trial.fit_distributed` asks Ray Train for. `for_autoscaler`: the GPU bundles an
+    autoscaler should add (GPUs kept though no node has one yet)."""
+    from bench.resources import expand, resolve
+
+    res = expand(spec.resources)
+    if for_autoscaler and float(res.get("gpu", 0)) > 0:
+        res = {**res, "require_gpu": True}
+    plain = resolve(res, nodes)
+    gpu, cpu = plain["gpu"], plain["cpu"]
     out = {}
     for fam in spec.families:
         workers = int(spec.distributed.get(fam, 0))
@@ -64,8 +71,7 @@ def trial_bundles(spec: Spec, has_gpu: bool) -> dict[str, tuple[dict[str, float]
 
 def _shortfall(spec: Spec, nodes: list[dict[str, float]]) -> str | None:
     """What no node (or the nodes together, for a multi-worker trial) can give, or None."""
-    has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
-    for fam, (bundle, count) in trial_bundles(spec, has_gpu).items():
+    for fam, (bundle, count) in trial_bundles(spec, nodes).items():
         fits = [n for n in nodes if all(n.get(k, 0) >= v for k, v in bundle.items())]
         per_node = [min(int(n.get(k, 0) // v) for k, v in bundle.items() if v > 0)
                     for n in fits] if any(bundle.values()) else [count]
@@ -167,7 +173,7 @@ def _request(spec: Spec | None) -> None:
             request_resources(bundles=[])
             return
         bundles = []
-        for bundle, count in trial_bundles(spec, True).values():
+        for bundle, count in trial_bundles(spec, _alive_nodes(), for_autoscaler=True).values():
             bundles += [{k: v for k, v in bundle.items() if v > 0}] * count
         request_resources(bundles=bundles)
     except Exception:  # noqa: BLE001 - no autoscaler or an old cluster: waiting still works

@@ -32,6 +32,7 @@ TRIAL_COLUMNS = [
     "best_val_auc", "best_val_acc", "best_epoch", "epochs_run", "wall_s", "device_s",
     "finished_at",  # unix time of the trial's last report: search history in finish order
     "retries",  # failed attempts Tune retried (max_failures) before the trial's final status
+    "node", "gpu_ids",  # the Ray node it ran on and the GPU ids Ray gave it ("": none)
 ]
 # Selection re-runs (bench/selection.py): a candidate search trial's config on another seed.
 # Test metrics are recorded for later study of the rule, never read by it.

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import progress
+from bench.budget import device_seconds
 from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
 from bench.results import REFERENCE_ENTRY, final_row
@@ -39,26 +40,27 @@ METRIC = "val_auc"
 # --- one experiment -----------------------------------------------------------------------------
 
 def _resources(spec: Spec) -> dict[str, float]:
-    """Per-trial resources; `gpu` was already set to 0 by `resolve_resources` where the
-    cluster has no GPU."""
+    """Per-trial resources of a spec `resolve_resources` has made plain (cpu and gpu numbers;
+    gpu 0 where the cluster has no GPU)."""
     return {"cpu": float(spec.resources.get("cpu", 1)), "gpu": float(spec.resources.get("gpu", 0))}
 
 
-def resolve_resources(spec: Spec) -> Spec:
-    """Decide GPU use on the driver from the whole cluster's resources (not from the node a
-    task happens to run on): a spec asking for GPUs runs CPU-only where none exist."""
+def _alive_nodes() -> list[dict[str, float]]:
     import ray
 
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    res = dict(spec.resources)
-    if not has_gpu and not res.get("require_gpu"):
-        res["gpu"] = 0
-    res.pop("require_gpu", None)
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def resolve_resources(spec: Spec, nodes: list[dict[str, float]] | None = None) -> Spec:
+    """Decide per-trial resources on the driver from the whole cluster's nodes (not from the
+    node a task happens to run on), once, so every trial of the run asks for the same thing:
+    `resources: auto` becomes a GPU (and its share of the node's CPUs) per trial where GPUs
+    exist, one CPU where none do; a spec asking for GPUs runs CPU-only where none exist
+    (unless `require_gpu`). See bench/resources.py."""
+    from bench.resources import resolve
+
+    res = resolve(spec.resources, _alive_nodes() if nodes is None else nodes)
     return Spec(**{**spec.to_dict(), "resources": res})
-
-
-def _device_count(res: dict[str, float]) -> float:
-    return res["gpu"] if res["gpu"] > 0 else res["cpu"]
 
 
 def _tuner(path: Path, name: str, trainable, param_space: dict, tune_config,
@@ -168,7 +170,10 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
                      "best_val_auc": best.get("val_auc"), "best_val_acc": best.get("val_acc"),
                      "best_epoch": best.get("epoch"), "epochs_run": len(hist),
                      "wall_s": wall,
-                     "device_s": wall * _device_count(res) * max(1, workers),
+                     "device_s": device_seconds(wall, res, workers),
+                     # where it ran: Ray node and the GPU ids Ray gave it (bench.trial.placement)
+                     "node": (r.metrics or {}).get("node_id") or None,
+                     "gpu_ids": (r.metrics or {}).get("gpu_ids") or None,
                      "finished_at": (r.metrics or {}).get("timestamp"),  # finish order
                      # attempts that failed and were retried (a failed trial's last one is not)
                      "retries": max(0, failures - (1 if r.error else 0))})
@@ -307,7 +312,7 @@ def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
         if finished:
             m = r.metrics
             result = {**m, "history": _history(r), "wall_s": m.get("time_total_s"),
-                      "device_s": float(m.get("time_total_s", 0)) * _device_count(res)}
+                      "device_s": device_seconds(float(m.get("time_total_s", 0)), res)}
         row = final_row({k: v for k, v in job.items() if k != "phase"}, result,
                         str(r.error).strip().splitlines()[-1][:500] if r.error else None)
         if candidate is not None:  # a selection re-run: its candidate, no run directory
@@ -444,10 +449,17 @@ def _wait_all(starters: list[Callable[[], Any]], board, echo: Callable[[str], No
 
 
 def trial_slots(spec: Spec, cluster: dict[str, float]) -> int:
-    """How many trials the cluster runs side by side with the spec's per-trial resources."""
+    """How many trials the cluster (its summed resources) runs side by side with the spec's
+    per-trial resources: the fewest any asked-for kind allows (a {cpu: 4, gpu: 0.25} trial on
+    16 CPUs and 4 GPUs: 4, not 16). A spec still `auto` is resolved against the cluster."""
+    from bench.resources import AUTO, resolve
+
     res = spec.resources
-    kind, need = ("GPU", res["gpu"]) if res.get("gpu", 0) > 0 else ("CPU", res.get("cpu", 1))
-    return max(1, int(cluster.get(kind, 0) // need)) if need > 0 else 1
+    if res.get("cpu") == AUTO:
+        res = resolve(res, [cluster])
+    need = {"CPU": float(res.get("cpu", 1)), "GPU": float(res.get("gpu", 0))}
+    fits = [int(cluster.get(kind, 0) / n + 1e-9) for kind, n in need.items() if n > 0]
+    return max(1, min(fits)) if fits else 1
 
 
 def concurrent_experiments(spec: Spec, cluster: dict[str, float]) -> int:

@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from bench.errors import UserError
+from bench.resources import AUTO, AUTO_RESOURCES
+from bench.resources import MAX as RESOURCE_MAX
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "log_uniform_values", "int_uniform", "int_log_uniform")
 SEARCHERS = ("random", "optuna")
@@ -181,7 +183,9 @@ class Spec:
     grace_period: int = 1
     max_epochs: int = 10
     reduction_factor: int = 3
-    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    # per-trial resources (bench/resources.py): `auto` is {cpu: auto, gpu: 1}: a GPU per trial
+    # where the cluster has GPUs, one CPU per trial where it has none
+    resources: dict[str, Any] = field(default_factory=lambda: dict(AUTO_RESOURCES))
     final_seeds: int = 5
     final_seed_base: int = 10_000  # search trials use seed 0; finals never reuse a seed
     max_failures: int = 2
@@ -278,7 +282,6 @@ SCALAR_FIELDS: dict[str, tuple[type, float, float, str]] = {
                                                "seeds 0-20"),
     "max_failures": (int, 0, 100, "retries of a failing trial"),
 }
-RESOURCE_KEYS = {"cpu": 1024, "gpu": 64}  # per trial, upper bound
 BUDGET_KEYS = {"num_samples": 10_000, "max_epochs": 10_000, "grace_period": 10_000,
                "trial_images": 10**10}
 MAX_DISTRIBUTED_WORKERS = 256
@@ -318,6 +321,8 @@ def _check_fields(raw: dict[str, Any], where: str) -> None:
                                                   raw["project"])):
         raise UserError(f"{where}: project (the W&B project) must be 1-128 letters, digits, "
                         f"'.', '_' or '-', got {raw['project']!r}")
+    if raw.get("resources") == "auto":
+        raw["resources"] = dict(AUTO_RESOURCES)
     for key in ("resources", "overrides", "budgets", "fidelity", "selection", "distributed",
                 "fixed_trials"):
         if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
@@ -325,7 +330,7 @@ def _check_fields(raw: dict[str, Any], where: str) -> None:
                             f"{type(raw[key]).__name__} {raw[key]!r}")
         if raw.get(key) is None and key in raw:
             raw[key] = {}
-    _check_resources(raw.get("resources", {"cpu": 1, "gpu": 0}), where)
+    _check_resources(raw.get("resources", AUTO_RESOURCES), where)
     for fam, params in (raw.get("overrides") or {}).items():
         if not isinstance(params, dict):
             raise UserError(f"{where}: overrides.{fam} must map parameters to definitions "
@@ -357,22 +362,27 @@ SET_BY_EXPERIMENT = {"dataset", "model", "size", "epochs", "seed", "phase", "thr
 
 
 def _check_resources(res: Any, where: str) -> None:
-    """Per-trial resources: cpu/gpu numbers Ray accepts (above 1 only whole numbers), at least
-    one of them positive; require_gpu a boolean that needs gpu > 0."""
-    extra = set(res) - {*RESOURCE_KEYS, "require_gpu"}
+    """Per-trial resources (bench/resources.py): cpu (a number or `auto`) and gpu numbers Ray
+    accepts (above 1 only whole numbers), not both 0; require_gpu a boolean that needs
+    gpu > 0."""
+    extra = set(res) - {*RESOURCE_MAX, "require_gpu"}
     if extra:
         raise UserError(f"{where}: resources takes cpu, gpu and require_gpu (got "
                         f"{', '.join(sorted(map(str, extra)))}); e.g. "
-                        "resources: {cpu: 1, gpu: 0}")
-    for key, hi in RESOURCE_KEYS.items():
+                        "resources: {cpu: 1, gpu: 0}, or resources: auto")
+    for key, hi in RESOURCE_MAX.items():
         v = res.get(key, 1 if key == "cpu" else 0)
-        check_number(v, f"resources.{key}", float, 0, hi, where, f"{key}s per trial")
+        if key == "cpu" and v == AUTO:
+            continue
+        check_number(v, f"resources.{key}", float, 0, hi, where,
+                     f"{key}s per trial" + (" (or auto)" if key == "cpu" else ""))
         if v > 1 and v != int(v):
             raise UserError(f"{where}: resources.{key} = {v!r}: Ray takes fractions only up to "
                             f"1; use a whole number of {key}s above 1")
-    if float(res.get("cpu", 1)) == 0 and float(res.get("gpu", 0)) == 0:
+    if res.get("cpu", 1) != AUTO and float(res.get("cpu", 1)) == 0 \
+            and float(res.get("gpu", 0)) == 0:
         raise UserError(f"{where}: resources ask for no cpu and no gpu; a trial needs at least "
-                        "one of them (e.g. resources: {cpu: 1, gpu: 0})")
+                        "one of them (e.g. resources: {cpu: 1, gpu: 0}, or resources: auto)")
     if "require_gpu" in res:
         if not isinstance(res["require_gpu"], bool):
             raise UserError(f"{where}: resources.require_gpu must be true or false, got "
@@ -489,8 +499,6 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
             or int(spec.max_concurrent_experiments) < 0:
         raise UserError(f"{where}: final_seeds, time_budget_s, max_failures and "
                         "max_concurrent_experiments must be >= 0")
-    if float(spec.resources.get("cpu", 1)) < 0 or float(spec.resources.get("gpu", 0)) < 0:
-        raise UserError(f"{where}: resources must be non-negative")
     try:
         spaces = spec.spaces()
     except UserError as e:  # name the spec too: an override there is the usual cause

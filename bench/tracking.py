@@ -104,6 +104,28 @@ _OPEN_LOCK = threading.Lock()
 _EXIT_HOOK_REGISTERED = False
 
 
+_PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_project(name: str, where: str) -> str:
+    """A W&B project name (what a spec's ``project`` may be), or a UserError naming ``where``."""
+    from bench.errors import UserError
+
+    if not _PROJECT_RE.fullmatch(name or ""):
+        raise UserError(f"{where}: the W&B project must be 1-128 letters, digits, '.', '_' or "
+                        f"'-', got {name!r}")
+    return name
+
+
+def resolve_project(project: str) -> str:
+    """The W&B project runs go to: ``WANDB_PROJECT`` when set (a cluster's or a shell's
+    setting, and what ``--wandb-project`` sets), else the spec's ``project``. Read on the
+    driver only: the resolved name travels inside the pickled :class:`Tracker`, so worker
+    nodes need not share the driver's environment."""
+    env = os.environ.get("WANDB_PROJECT", "").strip()
+    return check_project(env, "$WANDB_PROJECT") if env else project
+
+
 class TrackingWarning(UserWarning):
     """Emitted when W&B fails and tracking degrades; the benchmark itself carries on."""
 
@@ -414,7 +436,8 @@ class Tracker:
     def from_env(
         cls, wanted: bool, project: str, root: str | Path, experiment: str | None = None
     ) -> Tracker:
-        """Resolve the mode once, on the driver, from ``wanted`` and the environment.
+        """Resolve the mode and the project once, on the driver, from ``wanted`` and the
+        environment (``WANDB_PROJECT`` over the spec's ``project``: :func:`resolve_project`).
 
         ``disabled`` if not wanted (or ``WANDB_MODE=disabled``); ``online`` if
         ``WANDB_MODE=online`` or ``WANDB_API_KEY`` is set (and ``WANDB_MODE`` isn't
@@ -424,6 +447,7 @@ class Tracker:
         experiment name defaults to the run directory's name.
         """
         root_path = Path(root).expanduser().resolve()
+        project = resolve_project(project)
         requested = _resolve_mode(wanted)
         mode = requested
         if mode == "online":

@@ -8,7 +8,8 @@ cache lives here, per process.
 Test hooks reach trials from the environment, never from the user's spec:
 MEDBENCH_FAULTS (JSON, read on the driver by `faults_from_env` and handed to the trials) makes
 chosen trials fail; MEDBENCH_TRACE (a file path, read in the worker) records every start,
-finish and replay so tests can count trainings.
+finish and replay so tests can count trainings; MEDBENCH_PLACEMENT (a file path) records each
+trial's start and end with its Ray node and GPU ids (the simulated-cluster test).
 
 Ray Train inside Tune (Ray 2.60, Train V2): a TorchTrainer cannot be passed to a Tuner, so the
 Tune function trial calls `TorchTrainer(...).fit()` itself and forwards each worker report to
@@ -30,6 +31,7 @@ from bench.errors import UserError
 
 FAULTS_ENV = "MEDBENCH_FAULTS"
 TRACE_ENV = "MEDBENCH_TRACE"
+PLACEMENT_ENV = "MEDBENCH_PLACEMENT"
 
 # What the Tune trial that only drives a TorchTrainer asks for (Ray refuses plain {"cpu": 0}).
 DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024 * 1024}
@@ -37,19 +39,59 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024 * 1024}
 _DATA_CACHE: dict[tuple[str, int], Any] = {}
 
 
+def placement() -> dict[str, str]:
+    """Where this trial runs: its Ray node id and the GPU ids Ray gave it ("" for none), as
+    CUDA_VISIBLE_DEVICES names them. Recorded in every search report (the trial row's `node`
+    and `gpu_ids`): concurrent GPU trials on one node must hold different devices."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": "", "gpu_ids": ""}
+    return {"node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids())}
+
+
+def trial_device(gpu_ids: str | None = None):
+    """The device of this trial: CPU when Ray gave it no GPU, without a single CUDA call (with
+    Ray 2.60 a 0-GPU worker still sees every GPU in CUDA_VISIBLE_DEVICES, and
+    `resolve_device("auto")` would put all such trials on cuda:0); else its first assigned
+    GPU. Ray sets CUDA_VISIBLE_DEVICES to the assigned ids, so that GPU is cuda:0 inside this
+    process (cuda:<id> where Ray was told not to set it). A GPU id without a usable CUDA (a
+    simulated cluster's logical GPUs) falls back to CPU. Outside Ray: `resolve_device`."""
+    import torch
+
+    from bench.train import resolve_device
+
+    if gpu_ids is None:
+        import ray
+
+        if not ray.is_initialized():
+            return resolve_device("auto")
+        gpu_ids = placement()["gpu_ids"]
+    if not gpu_ids:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    first = gpu_ids.split(",")[0]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    index = 0 if visible.split(",")[:1] == [first] else int(first)
+    return torch.device("cuda", index)
+
+
 def _trial_data(flag: str, size: int, data_ref: dict):
-    """Tensors for this worker process, built once from the object-store arrays."""
+    """Tensors for this worker process, built once from the object-store arrays, on this
+    trial's device (`trial_device`)."""
     import ray
 
     from bench.data import dataset_info, from_arrays
-    from bench.train import resolve_device
 
-    key = (flag, size)
+    device = trial_device()
+    key = (flag, size, str(device))
     if key not in _DATA_CACHE:
         arrays = ray.get(data_ref[flag])
         _DATA_CACHE.clear()  # one dataset per process at a time keeps memory flat
         data = from_arrays(dataset_info(flag), size, {k: np.array(v) for k, v in arrays.items()})
-        _DATA_CACHE[key] = data.to(resolve_device("auto"))
+        _DATA_CACHE[key] = data.to(device)
     return _DATA_CACHE[key]
 
 
@@ -85,13 +127,19 @@ def _maybe_fail(faults: dict, trial_id: str) -> None:
         raise RuntimeError(f"injected fault in {trial_id} (attempt {attempts + 1})")
 
 
-def _trace(event: str, trial_id: str) -> None:
+def _trace(event: str, trial_id: str, where: dict[str, str] | None = None) -> None:
     """Append `event trial_id` to $MEDBENCH_TRACE (tests count starts and finishes). Selection
-    and final trials are named by their job (`job_label`), which a restart never changes."""
+    and final trials are named by their job (`job_label`), which a restart never changes.
+    With `where` (a search trial's `placement`), also `event trial_id node gpu_ids` to
+    $MEDBENCH_PLACEMENT, so a test can tell which trials ran side by side on which device."""
     path = os.environ.get(TRACE_ENV)
     if path:
         with open(path, "a") as f:
             f.write(f"{event} {trial_id}\n")
+    path = os.environ.get(PLACEMENT_ENV)
+    if path and where is not None:
+        with open(path, "a") as f:
+            f.write(f"{event} {trial_id} {where['node_id'] or '-'} {where['gpu_ids'] or '-'}\n")
 
 
 def job_label(job: dict) -> str:
@@ -185,7 +233,8 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
         return
     t_start = t_last = time.perf_counter()
     reports: list = []
-    _trace("start", trial_id)
+    where = placement()
+    _trace("start", trial_id, where)
     _maybe_fail(faults, trial_id)
     if workers > 1 and phase == "search":  # a Ray Train DDP job inside this Tune trial
         fit_distributed(job, data_ref, workers, use_gpu, f"{storage}/train", trial_id)
@@ -211,11 +260,13 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
             if phase == "search":
                 now = time.perf_counter()
                 plain = {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
+                plain.update(where)  # the trial row's node and GPU ids (bench.search)
+                rec = {**rec, **where}
                 reports.append((plain, now - t_last))  # numpy scalars -> JSON numbers
                 t_last = now
                 if record is not None and int(rec["epoch"]) == conf.epochs:
                     write_json(record, {"config": job, "reports": reports})  # durable first
-                    _trace("record", trial_id)
+                    _trace("record", trial_id, where)
                 tune.report(rec)
 
         result = fit(conf, data, on_epoch=on_epoch, hflip_scores=phase == "final")
@@ -237,7 +288,7 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
                 _record_final(record, job, summary, out, time.perf_counter() - t_start)
                 _trace("record", trial_id)
             tune.report(summary, checkpoint=tune.Checkpoint.from_directory(str(out)))
-    _trace("finish", trial_id)
+    _trace("finish", trial_id, where)
 
 
 # --- a Ray Train (DDP) trial ---------------------------------------------------------------------
