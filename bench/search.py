@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import progress
-from bench.budget import device_seconds
+from bench.budget import device_seconds, planned_device_s
 from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
 from bench.results import REFERENCE_ENTRY, final_row
@@ -41,8 +41,13 @@ METRIC = "val_auc"
 
 def _resources(spec: Spec) -> dict[str, float]:
     """Per-trial resources of a spec `resolve_resources` has made plain (cpu and gpu numbers;
-    gpu 0 where the cluster has no GPU)."""
-    return {"cpu": float(spec.resources.get("cpu", 1)), "gpu": float(spec.resources.get("gpu", 0))}
+    gpu 0 where the cluster has no GPU); one still `auto` reads as a machine without GPUs."""
+    from bench.resources import AUTO, resolve
+
+    res = spec.resources
+    if res.get("cpu") == AUTO:
+        return resolve(res, [])
+    return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
 
 
 def _alive_nodes() -> list[dict[str, float]]:
@@ -276,7 +281,8 @@ def rest_plans(spec: Spec, slots: int, trials: list[dict],
         timed = [r for r in (spent_before or []) if r.get("dataset") == flag
                  and r.get("status", "ok") == "ok"] or trials
         costs = full_run_costs(timed, flag, spec.fidelity)
-        plans[flag] = plan_rest(spec.budget_s * slots - spent, costs,
+        plans[flag] = plan_rest(planned_device_s(spec.budget_s, slots, _resources(spec)) - spent,
+                                costs,
                                 int(sel.get("top_k", 3)) if sel else 0,
                                 int(sel.get("seeds", 2)) if sel else 0, spec.final_seeds)
     return plans
@@ -517,7 +523,8 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
     elif spec.budget_s:
         slots = trial_slots(spec, cluster)
         echo(f"budget: {spec.budget_s:.0f} s wall per dataset on {slots} trial slots "
-             f"({spec.budget_s * slots:.0f} device-s); search phase "
+             f"({planned_device_s(spec.budget_s, slots, _resources(spec)):.0f} device-s); "
+             "search phase "
              f"{plans[spec.pairs()[0]]['search_s']:.0f} s, then selection and final seeds")
     for (d, f), p in plans.items():
         if p["start_points"]:

@@ -153,3 +153,15 @@ def test_wandb_project_comes_from_the_environment_over_the_spec(monkeypatch, tmp
     monkeypatch.setenv("WANDB_PROJECT", "no/slashes")
     with pytest.raises(UserError, match=r"\$WANDB_PROJECT: the W&B project must be"):
         resolve_project("spec-proj")
+
+
+def test_the_rest_of_a_budget_is_counted_in_devices_held() -> None:
+    """4-CPU trials on 2 slots: 100 s of budget is 800 device-s, so after 400 spent there is
+    room for two final seeds of 200 (counting slots only, 200 - 400 < 0 leaves just one)."""
+    from bench.search import rest_plans
+
+    spec = build_spec({**GOOD, "resources": {"cpu": 4, "gpu": 0}, "budget_s": 100,
+                       "fidelity": {"trial_images": 1000}, "final_seeds": 5})
+    trials = [{"dataset": "breastmnist", "family": "mlp", "status": "ok", "epochs_run": 1,
+               "device_s": 200.0, "wall_s": 50.0, "config": {"epochs": 1}}] * 2
+    assert rest_plans(spec, 2, trials)["breastmnist"]["final_seeds"] == 2
