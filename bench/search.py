@@ -87,7 +87,13 @@ def _history(result) -> list[dict]:
         return []
     cols = [c for c in ("epoch", "images_seen", "train_loss", "val_auc", "val_acc", "lr", "epoch_s")
             if c in df]
-    return df[cols].dropna(subset=["epoch"]).to_dict("records")
+    records = df[cols].dropna(subset=["epoch"]).to_dict("records")
+    # A trial retried after a failure (its node lost mid-trial) trains again from epoch 1 and
+    # Tune keeps the lost attempt's reports before the new ones: the history is the last
+    # attempt's, from the last report whose epoch did not follow its predecessor's.
+    restarts = [i for i in range(1, len(records))
+                if records[i]["epoch"] <= records[i - 1]["epoch"]]
+    return records[restarts[-1]:] if restarts else records
 
 
 def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, data_ref: dict,

@@ -165,3 +165,22 @@ def test_the_rest_of_a_budget_is_counted_in_devices_held() -> None:
     trials = [{"dataset": "breastmnist", "family": "mlp", "status": "ok", "epochs_run": 1,
                "device_s": 200.0, "wall_s": 50.0, "config": {"epochs": 1}}] * 2
     assert rest_plans(spec, 2, trials)["breastmnist"]["final_seeds"] == 2
+
+
+def test_a_retried_trials_history_is_its_last_attempt() -> None:
+    """A trial whose node was lost after epoch 1 trains again from epoch 1 elsewhere; Tune
+    keeps both attempts' reports (seen in tests/test_cluster_sim.py): the row's history,
+    epochs_run and best epoch must be the last attempt's."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from bench.search import _history
+
+    df = pd.DataFrame({"epoch": [1, 1, 2, 3], "val_auc": [0.9, 0.5, 0.6, 0.7],
+                       "time_total_s": [1.0, 1.0, 2.0, 3.0]})
+    hist = _history(SimpleNamespace(metrics_dataframe=df))
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert [h["val_auc"] for h in hist] == [0.5, 0.6, 0.7]  # not the lost attempt's 0.9
+    once = pd.DataFrame({"epoch": [1, 2, 3], "val_auc": [0.5, 0.6, 0.7]})
+    assert len(_history(SimpleNamespace(metrics_dataframe=once))) == 3
