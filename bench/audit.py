@@ -380,10 +380,12 @@ def audit_file(flag: str, size: int = 28, data_dir: str | Path | None = None,
     return result
 
 
-def audit_for_run(root: Path | str, flag: str, size: int) -> dict[str, Any] | None:
+def audit_for_run(root: Path | str, flag: str, size: int,
+                  data_dir: str | Path | None = None) -> dict[str, Any] | None:
     """The audit the leaderboard uses for a run's (dataset, size): the run directory's own
-    (`medbench audit FLAG --run RUN`), else that of the file in the default data root
-    ($MEDMNIST_DATA or ~/.medmnist), computed and cached if need be; None when neither exists."""
+    (`medbench audit FLAG --run RUN`), else that of the file in `data_dir` (default: the data
+    root, $MEDMNIST_DATA or ~/.medmnist), computed and cached if need be (so every report has
+    it); None when neither exists."""
     own = run_audit_path(Path(root), flag, size)
     if own.is_file():
         try:
@@ -391,10 +393,10 @@ def audit_for_run(root: Path | str, flag: str, size: int) -> dict[str, Any] | No
         except ValueError as e:
             raise UserError(f"{own} is not valid JSON ({e}); delete it and run "
                             f"`medbench audit {flag} --run {root}` again") from e
-    if not npz_path(flag, size, data_root()).is_file():
+    if not npz_path(flag, size, data_root(data_dir)).is_file():
         return None
     try:
-        return audit_file(flag, size, allow_download=False)
+        return audit_file(flag, size, data_dir, allow_download=False)
     except UserError:
         return None
 

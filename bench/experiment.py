@@ -282,7 +282,7 @@ def publish(run_dir: Path, report: Path | None = None, wandb: bool = True,
     from bench.tracking import Tracker, log_leaderboard
 
     run_dir = Path(run_dir)
-    board = build_leaderboard(run_dir, n_boot=n_boot)
+    board = build_leaderboard(run_dir, n_boot=n_boot, data_dir=data_dir)
     text = format_board(board, "md")
     write_text(run_dir / "leaderboard.md", text + "\n")
     report = write_report(run_dir, report or run_dir / "report.md", n_boot=n_boot, board=board,

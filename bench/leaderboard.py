@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench import ensemble, metrics, selection
 from bench.baselines import load_published
+from bench.context_rows import clinical_columns
 from bench.errors import UserError
 from bench.results import REFERENCE_ENTRY, read_table
 
@@ -53,6 +54,11 @@ BOARD_COLUMNS = [
     "verdict_acc_vs_best", "verdict_auc_vs_best",
     "trials", "device_s", "wall_s", "run_wall_s", "baseline_note", "weights", "official_data",
     "tta",
+    # clinical columns (bench.context_rows.clinical_columns): seed means for a single-model
+    # row, the averaged probabilities' for an ensemble; `thr_acc` at a validation-fitted
+    # threshold (binary), `test_prior` the EM-estimated test class prior (prior-shift row)
+    "bal_acc", "sensitivity", "specificity", "qwk", "min_recall", "never_predicted",
+    "thr_acc", "threshold", "test_prior",
 ]
 HFLIP = "hflip"  # the one test-time transform: bench.train.Runner.scores(hflip=True)
 
@@ -223,10 +229,13 @@ def _compare(row: dict, cand: pd.DataFrame, ref: str) -> dict:
     return out
 
 
-def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
+def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000,
+                      data_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per (run, dataset, family, size): ok-seed mean/std/CI, published comparison, cost.
 
     Families whose seeds all failed keep a row (n_seeds 0, verdict n/a) so a failure is visible.
+    `data_dir` (default: the data root) holds the data files: the audit behind the leakage-free
+    columns, and the training labels behind the majority-class and prior-shift rows.
     """
     paths = as_paths(run_dirs)
     seeds = load_seeds(paths)
@@ -249,7 +258,9 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
             row[f"test_{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
         row["val_auc_mean"] = float(ok["val_auc"].astype(float).mean()) if len(ok) else math.nan
         row.update(_ci(ok, task, n_boot))
-        row.update(_leakfree(ok, task, audits))
+        row.update(_leakfree(ok, task, audits, data_dir=data_dir))
+        loaded = [load_scores(r.root, r.run_dir) for r in ok.itertuples()]
+        row.update(clinical_columns([x for x in loaded if x is not None], task))
         # runs from before meta.json recorded it count as official, as they were shown then
         row["official_data"] = bool(metas[run].get("official_data", {}).get(flag, True))
         cand, ref, note = comparable_baselines(published, flag, int(size), row["official_data"])
@@ -271,31 +282,104 @@ def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000) -> pd.DataFrame:
         if row["kind"] == "reference":
             continue
         scores = ensemble_scores(ok)  # loaded once: the seed ensemble, its leak-free numbers
-        ens = _ensemble_row(row, scores, len(ok), task, n_boot)  # and the blend all use it
+        ens = _ensemble_row(row, scores, len(ok), task, n_boot)  # the blend uses it too
         if ens is not None:
             ens.update(_compare(ens, cand, ref))
-            ens.update(_leakfree(ok, task, audits, scores=scores))
+            ens.update(_leakfree(ok, task, audits, scores=scores, data_dir=data_dir))
             rows.append(ens)
             pools.setdefault((run, flag, int(size)), []).append((row, ok, scores))
             flipped = ensemble_scores(ok, tta=HFLIP)
             tta = _ensemble_row(row, flipped, len(ok), task, n_boot, tta=HFLIP)
             if tta is not None and flip_helps(flipped, scores, task):
                 tta.update(_compare(tta, cand, ref))
-                tta.update(_leakfree(ok, task, audits, scores=flipped))
+                tta.update(_leakfree(ok, task, audits, scores=flipped, data_dir=data_dir))
                 rows.append(tta)
     for pool in pools.values():
-        blended = _blend_row(pool, n_boot, audits)
+        blended = _blend_row(pool, n_boot, audits, data_dir)
         if blended is not None:
             cand, ref, _ = comparable_baselines(published, blended["dataset"], blended["size"],
                                                 blended["official_data"])
             blended.update(_compare(blended, cand, ref))
             rows.append(blended)
-    board = pd.DataFrame.from_records(rows, columns=BOARD_COLUMNS)
-    return mark_picked(board)
+    board = mark_picked(pd.DataFrame.from_records(rows, columns=BOARD_COLUMNS))
+    context = context_entries(board, seeds, data_dir, n_boot, audits)
+    if not context:
+        return board
+    extra = pd.DataFrame.from_records([r for r, _ in context], columns=BOARD_COLUMNS)
+    # object columns first: concatenating all-NaN columns is dtype-ambiguous in pandas
+    both = pd.concat([board.astype(object), extra.astype(object)], ignore_index=True)
+    both = both.infer_objects()
+    both["picked"] = both["picked"].fillna(False).astype(bool)
+    return both
+
+
+def context_entries(board: pd.DataFrame, seeds: pd.DataFrame, data_dir: str | Path | None,
+                    n_boot: int, audits: dict | None = None
+                    ) -> list[tuple[dict, np.ndarray]]:
+    """Per (run, dataset, size) with a picked entry: the majority-class row and the picked
+    entry adjusted to the test prior (bench.context_rows), each with its test probabilities.
+    Never pickable; left out where the data file (training labels) is not at hand."""
+    from bench import context_rows
+
+    audits = {} if audits is None else audits
+    published = load_published()
+    out: list[tuple[dict, np.ndarray]] = []
+    for _, pick in board[board["picked"].fillna(False).astype(bool)].iterrows():
+        flag, size, task = str(pick["dataset"]), int(pick["size"]), str(pick["task"])
+        mine = seeds[(seeds["run"] == pick["run"]) & (seeds["dataset"] == flag)
+                     & (seeds["size"] == size) & (seeds["status"] == "ok")]
+        sc = entry_probabilities(mine, pick)
+        if sc is None:
+            continue
+        train = context_rows.train_labels(flag, size, data_dir, sc["test_labels"])
+        if train is None:
+            continue
+        k = context_rows.n_classes(task, sc["test_scores"])
+        cand, ref, _ = comparable_baselines(published, flag, size, official_row(pick))
+        base = {c: pick[c] for c in ("run", "dataset", "size", "task", "run_wall_s",
+                                     "baseline_note", "official_data")}
+        made = [(context_rows.MAJORITY, context_rows.majority(train, sc["test_labels"], task, k),
+                 "baseline", None)]
+        shifted = context_rows.prior_shift(train, sc["test_scores"], task, k)
+        if shifted is not None:
+            made.append((f"{pick['family']} {context_rows.PRIOR_SHIFT}", shifted[0],
+                         "prior-shift", shifted[1]))
+        for name, probs, kind, prior in made:
+            test = metrics.evaluate(sc["test_labels"], probs, task)
+            ci = metrics.bootstrap_ci(sc["test_labels"], [probs], task, n_boot=n_boot)
+            row = {**base, "family": name, "kind": kind, "picked": False,
+                   "n_seeds": pick["n_seeds"] if kind == "prior-shift" else 0, "n_failed": 0,
+                   "test_acc_mean": test["acc"], "test_auc_mean": test["auc"],
+                   "test_acc_std": math.nan, "test_auc_std": math.nan,
+                   "val_score": math.nan, "val_auc_mean": math.nan, "trials": 0,
+                   "device_s": pick["device_s"] if kind == "prior-shift" else 0.0,
+                   "wall_s": math.nan, "weights": pick["weights"], "tta": pick["tta"],
+                   "test_prior": None if prior is None else json.dumps(
+                       [round(float(p), 4) for p in prior])}
+            for m in METRICS:
+                row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]
+            row.update(_compare(row, cand, ref))
+            scored = {"test_labels": sc["test_labels"], "test_scores": probs}
+            row.update(clinical_columns([scored], task))
+            row.update(_leakfree(mine, task, audits, scores=scored, data_dir=data_dir))
+            out.append((row, probs))
+    return out
+
+
+def entry_probabilities(seeds: pd.DataFrame, entry: pd.Series | dict) -> dict | None:
+    """Val/test probabilities of a board entry: an ensemble's mix (`entry_scores`), else its
+    seeds' probabilities averaged (one seed: that seed's)."""
+    if entry["kind"] == "ensemble":
+        return entry_scores(seeds, entry)
+    own = seeds[(seeds["family"] == entry["family"]) & (seeds["status"] == "ok")]
+    if len(own) > 1:
+        return ensemble_scores(own)
+    return None if own.empty else load_scores(own.iloc[0]["root"], own.iloc[0]["run_dir"])
 
 
 def _leakfree(ok: pd.DataFrame, task: str, audits: dict,
-              scores: dict[str, np.ndarray] | None = None) -> dict:
+              scores: dict[str, np.ndarray] | None = None,
+              data_dir: str | Path | None = None) -> dict:
     """Test ACC/AUC without the test images that have a copy in train/val (bench.audit); the
     official numbers stay the headline and the verdicts use them. NaN without an audit.
     `scores`: an ensemble entry's own probabilities instead of those of `ok`'s seeds."""
@@ -306,7 +390,7 @@ def _leakfree(ok: pd.DataFrame, task: str, audits: dict,
     r = ok.iloc[0]
     key = (str(r["root"]), str(r["dataset"]), int(r["size"]))
     if key not in audits:
-        audits[key] = audit_for_run(*key)
+        audits[key] = audit_for_run(*key, data_dir=data_dir)
     if scores is not None:
         loaded = [scores]
     else:
@@ -331,8 +415,9 @@ def ensemble_scores(group: pd.DataFrame, tta: str = "") -> dict[str, np.ndarray]
         key = f"{split}_scores"
         return (s[key] + s[f"{key}_{tta}"]) / 2 if tta else s[key]
 
+    members = [seed_scores(s, "test") for s in loaded]
     return {"val_scores": np.mean([seed_scores(s, "val") for s in loaded], axis=0),
-            "test_scores": np.mean([seed_scores(s, "test") for s in loaded], axis=0),
+            "test_scores": np.mean(members, axis=0), "test_members": members,
             "val_labels": loaded[0]["val_labels"], "test_labels": loaded[0]["test_labels"]}
 
 
@@ -340,7 +425,7 @@ def flip_helps(flipped: dict[str, np.ndarray], plain: dict[str, np.ndarray], tas
     """Whether averaging in the mirrored images measurably helps: the paired bootstrap 95% CI
     of the validation-score gain (flipped minus plain ensemble, same images resampled) lies
     above zero. Its point estimate alone is not enough: on a small validation split a gain of
-    one image made a flip entry the pick on a re-split BreastMNIST (reports/README.md), which
+    one image made a flip entry the pick on a re-split BreastMNIST (reports/archive/NOTES.md), which
     is the winner's curse the seed averaging is there to avoid."""
     lo, _ = metrics.paired_difference_ci(plain["val_labels"], flipped["val_scores"],
                                          plain["val_scores"], task)
@@ -350,13 +435,16 @@ def flip_helps(flipped: dict[str, np.ndarray], plain: dict[str, np.ndarray], tas
 def _ensemble_row(single: dict, s: dict[str, np.ndarray] | None, n_members: int, task: str,
                   n_boot: int, tta: str = "") -> dict | None:
     """The seed ensemble of one family as an entry of its own: official metrics of the averaged
-    probabilities, a bootstrap CI over test images, and the members' summed cost; `tta`
-    names the test-time transform averaged into `s`, if any (it labels the entry)."""
+    probabilities, a bootstrap CI over the test images and the seeds that form the ensemble
+    (`metrics.ensemble_bootstrap_ci`: seed-to-seed variation stays in the interval), and the
+    members' summed cost; `tta` names the test-time transform averaged into `s`, if any (it
+    labels the entry)."""
     if s is None:
         return None
     test = metrics.evaluate(s["test_labels"], s["test_scores"], task)
     val = metrics.evaluate(s["val_labels"], s["val_scores"], task)
-    ci = metrics.bootstrap_ci(s["test_labels"], [s["test_scores"]], task, n_boot=n_boot)
+    ci = metrics.ensemble_bootstrap_ci(s["test_labels"], [(1.0, s["test_members"])], task,
+                                       n_boot=n_boot)
     row = {k: single[k] for k in ("run", "dataset", "size", "task", "n_failed", "trials",
                                   "device_s", "wall_s", "run_wall_s", "baseline_note",
                                   "official_data")}
@@ -367,11 +455,12 @@ def _ensemble_row(single: dict, s: dict[str, np.ndarray] | None, n_members: int,
                val_score=selection.score(val["auc"], val["acc"]))
     for m in METRICS:
         row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]
+    row.update(clinical_columns([s], task))
     return row
 
 
 def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict[str, np.ndarray]]], n_boot: int,
-               audits: dict) -> dict | None:
+               audits: dict, data_dir: str | Path | None = None) -> dict | None:
     """The families' seed ensembles of one (run, dataset, size) blended with weights fitted on
     validation (bench.ensemble), as an entry of its own; None when the blend is not kept. Its
     cost is the sum of its members' (their searches and seeds)."""
@@ -386,7 +475,9 @@ def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict[str, np.ndarray]]], n_b
     used.sort(key=lambda u: -b["weights"][u[0]["family"]])
     test = metrics.evaluate(b["test_labels"], b["test_scores"], task)
     val = metrics.evaluate(b["val_labels"], b["val_scores"], task)
-    ci = metrics.bootstrap_ci(b["test_labels"], [b["test_scores"]], task, n_boot=n_boot)
+    ci = metrics.ensemble_bootstrap_ci(
+        b["test_labels"], [(w, members[f]["test_members"]) for f, w in b["weights"].items()],
+        task, n_boot=n_boot)
     first = used[0][0]
     row = {k: first[k] for k in ("run", "dataset", "size", "task", "run_wall_s",
                                  "baseline_note", "official_data")}
@@ -404,7 +495,8 @@ def _blend_row(pool: list[tuple[dict, pd.DataFrame, dict[str, np.ndarray]]], n_b
                val_score=selection.score(val["auc"], val["acc"]))
     for m in METRICS:
         row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]
-    row.update(_leakfree(used[0][1], task, audits, scores=b))
+    row.update(_leakfree(used[0][1], task, audits, scores=b, data_dir=data_dir))
+    row.update(clinical_columns([b], task))
     return row
 
 
@@ -447,14 +539,15 @@ def pickable(board: pd.DataFrame) -> pd.Series:
     """The entries the pick may choose: all but a family's single-model row where the same
     seeds also form its seed ensemble. The two are the same trained models, one averaged; the
     average is the better one in expectation, and on a validation split of 78 images which of
-    the two scores higher is mostly noise (reports/README.md: the ensemble's validation score
+    the two scores higher is mostly noise (reports/archive/NOTES.md: the ensemble's validation score
     is the higher in most runs, and on re-split data its test score too). The pipeline
-    reference (kind "reference") is never pickable: it is the paper's recipe, not a choice."""
+    reference (kind "reference") is never pickable: it is the paper's recipe, not a choice;
+    nor are the context rows (majority class, prior shift: bench.context_rows)."""
     plain = board[(board["kind"] == "ensemble") & board["weights"].isna()
                   & ~board.apply(entry_tta, axis=1).astype(bool)]
     averaged = {(r["run"], r["dataset"], int(r["size"]), next(iter(entry_weights(r))))
                 for _, r in plain.iterrows()}
-    return pd.Series([r["kind"] != "reference"
+    return pd.Series([r["kind"] in ("single", "ensemble")
                       and not (r["kind"] == "single" and (r["run"], r["dataset"],
                                                           int(r["size"]), r["family"]) in averaged)
                       for _, r in board.iterrows()], index=board.index, dtype=bool)
