@@ -56,10 +56,12 @@ def majority(train: np.ndarray, test_labels: np.ndarray, task: str, k: int) -> n
 def prior_shift(train: np.ndarray, test_scores: np.ndarray, task: str,
                 k: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The test probabilities adjusted to the EM-estimated test prior, and that prior; None for
-    multi-label tasks (no single class prior)."""
+    multi-label tasks (no single class prior) and when a class has no training image."""
     if task == metrics.MULTI_LABEL:
         return None
     counts = np.bincount(np.asarray(train).reshape(-1).astype(int), minlength=k)
+    if np.any(counts == 0):  # a class the model never saw has no prior to re-weight
+        return None
     prior = counts / counts.sum()
     s = np.asarray(test_scores, dtype=float)
     if s.ndim == 1 or s.shape[-1] == 1:  # a binary score column: both classes' probabilities
