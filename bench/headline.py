@@ -106,8 +106,8 @@ def results_md(board: pd.DataFrame, n_test: dict[str, int]) -> list[str]:
         for _, p in ref_rows.iterrows():
             out.append(f"| {p['method']}, published (mean of ≥3 runs, no spread given) | "
                        f"{float(p['acc']):.3f} | {float(p['auc']):.3f} | - | - | - | - |")
-        out += ["", *_verdict_lines(pick, ref_rows, ref), *_leak_lines(pick),
-                *_never_predicted(pick), ""]
+        out += ["", *_verdict_lines(pick, ref_rows, ref), *_majority_lines(g, ref_rows),
+                *_leak_lines(pick), *_never_predicted(pick), ""]
     return out
 
 
@@ -122,6 +122,19 @@ def _verdict_lines(pick: pd.Series, ref_rows: pd.DataFrame, ref: str) -> list[st
         v = f"**{v}**" if v in ("above", "below") else v
         cells.append(f"{m.upper()} {pick[f'test_{m}_mean'] - float(p[m]):+.3f} ({v})")
     return [f"Verdict against the declared reference, {ref}: " + "; ".join(cells) + "."]
+
+
+def _majority_lines(g: pd.DataFrame, ref_rows: pd.DataFrame) -> list[str]:
+    """Say so when always predicting the training majority already matches a published ACC."""
+    maj = g[g["kind"] == "baseline"]
+    if maj.empty or ref_rows.empty:
+        return []
+    acc, pub = float(maj["test_acc_mean"].iloc[0]), float(ref_rows.iloc[0]["acc"])
+    if acc < pub:
+        return []
+    return [f"Always predicting the training majority scores ACC {acc:.3f}, at or above the "
+            f"published {ref_rows.iloc[0]['method']} ({pub:.3f}): on this test set ACC says "
+            "little on its own; read AUC, balanced ACC and sensitivity."]
 
 
 def _leak_lines(pick: pd.Series) -> list[str]:

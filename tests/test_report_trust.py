@@ -147,3 +147,14 @@ def test_prior_shift_em_recovers_a_shifted_prior_from_unlabelled_images():
     y0, s0 = sample(20_000, 0.26)
     _, prior0, _ = prior_shift_em(s0, np.array([0.74, 0.26]))
     assert prior0[1] == pytest.approx(0.26, abs=0.02)
+
+
+def test_a_majority_row_at_or_above_the_published_acc_is_said_and_only_then():
+    """VesselMNIST3D: always saying 'no aneurysm' scores 0.887, above the published
+    ResNet-18+3D ACC of 0.877; the results section must say that ACC alone says little."""
+    from bench.headline import _majority_lines
+
+    ref = pd.DataFrame([{"method": "ResNet-18+3D", "acc": 0.877, "auc": 0.874}])
+    board = pd.DataFrame([{"kind": "baseline", "test_acc_mean": 0.887}])
+    assert "ACC says little on its own" in " ".join(_majority_lines(board, ref))
+    assert _majority_lines(board.assign(test_acc_mean=0.768), ref) == []
