@@ -159,7 +159,8 @@ def rules_md(board: pd.DataFrame) -> list[str]:
     out += [f"- **{name}**: {what}." for name, what in TEST_SHAPED_RULES]
     out += ["", "The held-out check: the same three real files with their images pooled and "
             "dealt again at random into splits of the official sizes, searched after these "
-            "rules were fixed (`scripts/resplit.py`; `reports/resplit-cpu.md`). There "
+            "rules were fixed (`scripts/resplit.py`; `reports/archive/resplit-cpu.md` and the "
+            "re-split tables of `reports/archive/NOTES.md`). There "
             "the search is held against a hand-tuned configuration, not the published numbers, "
             "which do not apply to other splits.", ""]
     return out
