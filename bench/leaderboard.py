@@ -631,25 +631,34 @@ def _vs(r: pd.Series, m: str, which: str) -> str:
         head = _fmt(val)
     if pd.isna(val):
         return head
+    delta = _fmt(r[f"delta_{m}_vs_{which}"], "+.3f")
+    if which == "best" and r.get("best_" + m + "_method") != r.get("ref_method"):
+        return f"{head} ({delta}, exploratory)"  # one verdict per dataset: the reference's
     v = r[f"verdict_{m}_vs_{which}"]
     v = f"**{v}**" if v in ("above", "below") else v
-    return f"{head} ({_fmt(r[f'delta_{m}_vs_{which}'], '+.3f')}, {v})"
+    return f"{head} ({delta}, {v})"
 
 
 def _md(board: pd.DataFrame) -> str:
     if board.empty:
         return "_No final runs to show._\n"
     out = ["Cells: mean ± std over seeds [95% bootstrap CI over test images and seeds]. "
-           "Published values beside ours with (ours − published, verdict); a verdict is "
-           "**above**/**below** only when our CI excludes the published number. "
-           "`×N ens`: the N seeds' probabilities averaged (CI over test images); "
+           "Published values beside ours with (ours − published, verdict); only the declared "
+           "reference gets a verdict, **above**/**below** when our CI excludes the published "
+           "number; other differences are exploratory. "
+           "`×N ens`: the N seeds' probabilities averaged (CI over test images and over which "
+           "seeds form the ensemble); "
            "`a ×N (w) + b ×M (v) ens`: the families' seed ensembles blended with weights "
            "fitted on validation, kept only when that beats one family out of fold. "
            "`×N ens +hflip`: the seed ensemble with each image also scored mirrored left-right "
            "(test-time flip), shown only when the paired bootstrap CI of its validation gain "
            "lies above zero. "
            "**picked**: the entry the run chooses per dataset, by validation score only "
-           "(a family's seeds compete as their ensemble, not as single models).", ""]
+           "(a family's seeds compete as their ensemble, not as single models)."
+           + (f" `{REFERENCE_ENTRY}`: the paper's recipe trained by this pipeline."
+              if (board["kind"] == "reference").any() else "")
+           + (" `majority class (train)` and `+prior shift` rows are context, never picked."
+              if board["kind"].isin(["baseline", "prior-shift"]).any() else ""), ""]
     multi_run = board["run"].nunique() > 1
     for flag, g in board.groupby("dataset", sort=True):
         refs = g.loc[g["ref_method"] != "", "ref_method"].unique()
