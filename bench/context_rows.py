@@ -90,7 +90,8 @@ def clinical_columns(score_sets: list[dict[str, np.ndarray]], task: str) -> dict
         per["specificity"].append(c.get("specificity", math.nan))
         per["qwk"].append(c.get("qwk", math.nan))
         recalls = c.get("per_class_recall") or []
-        per["min_recall"].append(float(min(recalls)) if recalls else math.nan)
+        finite = [r for r in recalls if not math.isnan(r)]  # NaN: no test image of a class
+        per["min_recall"].append(float(min(finite)) if finite else math.nan)
         never |= set(c.get("never_predicted") or [])
         t = clinical.fit_threshold(s["val_labels"], s["val_scores"], task) \
             if "val_scores" in s else None

@@ -113,7 +113,9 @@ def statistics_md(board: pd.DataFrame, n_test: dict[str, int], n_boot: int) -> l
            f"- Intervals: 95% percentile bootstrap, {n_boot} replicates. A single-model row "
            "(mean over seeds) resamples the test images and the seeds. An ensemble row "
            "resamples the test images and, within each family, which seeds form the ensemble "
-           "(drawn with replacement), so the seed-to-seed variation stays in the interval.",
+           "(drawn with replacement), so the seed-to-seed variation stays in the interval. A "
+           "resampled ensemble holds fewer distinct seeds than the real one, so this interval "
+           "leans a little low (the point estimate sits near its top); it is not re-centred.",
            "- Verdicts: only the declared reference per dataset gets one (ResNet-18 (28) for "
            "2D at 28 px, ResNet-18 (224) for larger 2D images, ResNet-18+3D for 3D): "
            "**above**/**below** when our interval excludes the published number, else within "
