@@ -43,7 +43,9 @@ def start_board():
         def snapshot(self) -> dict[str, dict]:
             return self.state
 
-    return Board.remote()
+    from bench.resources import on_this_node
+
+    return Board.options(**on_this_node()).remote()  # on the driver's node, never a worker's
 
 
 def attach(board) -> None:

@@ -92,3 +92,16 @@ def describe(res: Mapping[str, float]) -> str:
     cpu, gpu = float(res.get("cpu", 0)), float(res.get("gpu", 0))
     parts = ([f"{gpu:g} GPU"] if gpu > 0 else []) + ([f"{cpu:g} CPU"] if cpu > 0 else [])
     return " + ".join(parts) + " per trial"
+
+
+def on_this_node() -> dict[str, Any]:
+    """Ray options that keep a zero-CPU control process (the progress board, the Tuner tasks)
+    on the driver's node, the head of a cluster: Ray may otherwise place a task or actor that
+    asks for nothing on any node, and a worker node that goes away (spot, autoscaler, a failed
+    machine) took the progress board with it and ended the whole run (seen in
+    tests/test_cluster_sim.py). Soft: where that node cannot take it, anywhere."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+        node_id=ray.get_runtime_context().get_node_id(), soft=True)}

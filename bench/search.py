@@ -29,6 +29,7 @@ from bench import progress
 from bench.budget import device_seconds, planned_device_s
 from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
+from bench.resources import on_this_node
 from bench.results import REFERENCE_ENTRY, final_row
 from bench.spaces import Spec, to_tune
 from bench.tracking import trial_runs_callback
@@ -515,7 +516,9 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
     spec = resolve_resources(spec)
     board = progress.start_board()
     faults = faults_from_env()  # tests only; read here, where the test process set it
-    remote = ray.remote(num_cpus=0)(run_experiment)
+    # Tuners run beside the driver (bench.resources.on_this_node): a lost worker node never
+    # takes a Tuner with it, only its trials, which Tune retries elsewhere
+    remote = ray.remote(num_cpus=0)(run_experiment).options(**on_this_node())
     cluster = ray.cluster_resources()
     cap = concurrent_experiments(spec, cluster)
     by_dataset = bool(spec.budget_s and not spec.max_concurrent_experiments)
@@ -570,7 +573,8 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
         if jobs:
             echo(f"selection: top {spec.selection.get('top_k', 3)} configs per experiment "
                  f"re-run on {spec.selection.get('seeds', 2)} more seeds ({len(jobs)} runs)")
-            out["selection"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
+            out["selection"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).options(
+                **on_this_node()).remote(
                 spec, storage, data_ref, tracker, board, jobs, "select")], board, echo, t0)[0]
             configs.update(choose_configs(candidates, out["selection"]))
         plans_left = rest_plans(spec, slots, out["trials"], out["selection"])
@@ -579,7 +583,8 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
         _echo_cut(echo, flag, p, spec, "final")
     echo(f"final phase: chosen config per experiment x {spec.final_seeds} fresh seeds")
     jobs = final_jobs(spec, configs, seeds_by) + reference_jobs(spec, n_train)
-    out["final"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).remote(
+    out["final"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).options(
+        **on_this_node()).remote(
         spec, storage, data_ref, tracker, board, jobs)], board, echo, t0)[0]
     for row in out["final"]:  # fetch each seed's run directory from storage, on the driver
         ckpt = row.pop("checkpoint", None)

@@ -59,7 +59,7 @@ def cluster(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDBENCH_PLACEMENT", str(tmp_path / "placement.txt"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    for attempt in (1, 2):  # Ray gives a raylet 30 s to start: a busy machine may miss it once
+    for attempt in (1, 2, 3):  # Ray gives a raylet 30 s to start: a busy machine may miss it
         c = Cluster(shutdown_at_exit=True)
         try:
             c.add_node(num_cpus=0, include_dashboard=False)  # the head
@@ -68,7 +68,7 @@ def cluster(monkeypatch, tmp_path):
             break
         except Exception:  # noqa: BLE001 - Ray raises a bare Exception on that timeout
             c.shutdown()
-            if attempt == 2:
+            if attempt == 3:
                 raise
     yield c, nodes
     c.shutdown()
