@@ -570,8 +570,9 @@ def mark_picked(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(board: pd.DataFrame) -> pd.DataFrame:
-    """Per (family, size), seed ensembles left out: mean rank by test AUC within each dataset
-    (1 = best), and wins/ties/losses against every published method by the CI rule of `verdict`.
+    """Per (family, size), seed ensembles and context rows left out: mean rank by test AUC
+    within each dataset (1 = best), and wins/ties/losses against every published method by
+    the CI rule of `verdict`.
 
     Long format, one row per (family, size, method), so it stays flat for csv/json.
     """
@@ -581,7 +582,8 @@ def summarize(board: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     published = load_published()
     order = {m: i for i, m in enumerate(dict.fromkeys(published["method"]))}
-    board = board[board["kind"] != "ensemble"] if "kind" in board else board  # families only
+    if "kind" in board:  # trained families only: no ensembles, no context rows
+        board = board[board["kind"].isin(["single", "reference"])]
     b = board.assign(rank=board.groupby("dataset")["test_auc_mean"].rank(ascending=False,
                                                                           method="average"))
     rows = []

@@ -71,6 +71,9 @@ def test_prior_shift_row_is_transductive_and_never_picked(run_and_data):
     assert shifted["family"].iloc[0].startswith(pick["family"].iloc[0])
     prior = json.loads(shifted["test_prior"].iloc[0])
     assert sum(prior) == pytest.approx(1, abs=1e-3)
+    from bench.leaderboard import summarize
+
+    assert set(summarize(board)["family"]) == {"cnn", "mlp"}  # context rows are not ranked
     # without the data file (no training labels) neither context row is made
     bare = build_leaderboard(run, n_boot=50, data_dir=data.parent / "nowhere")
     assert not bare["kind"].isin(["baseline", "prior-shift"]).any()
