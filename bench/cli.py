@@ -131,7 +131,6 @@ def train(
     if list_options:
         typer.echo(training_options_text())
         return
-    from bench.data import load_dataset
     from bench.results import ensure_fresh_dir
     from bench.train import TrainConfig, resolve_device
 
@@ -154,8 +153,14 @@ def train(
     out = out or Path("runs") / f"train-{conf.dataset}-{conf.model}-{tag}-" \
                                 f"{time.strftime('%Y%m%d-%H%M%S')}"
     ensure_fresh_dir(out)
-    data = load_dataset(conf.dataset, conf.size, data_dir, verify_md5=not no_verify,
-                        device=resolve_device(conf.device))
+    check_writable(out)  # a read-only --out fails now, not after the training it would hold
+    from bench.data import dataset_info, from_arrays, load_arrays
+    from bench.preflight import check_splits
+
+    arrays = load_arrays(conf.dataset, conf.size, data_dir, verify_md5=not no_verify)
+    check_splits({conf.dataset: arrays})  # as `run` does: an empty split is one line, exit 2
+    data = from_arrays(dataset_info(conf.dataset), conf.size, arrays).to(
+        resolve_device(conf.device))
     typer.echo(f"{conf.dataset} ({data.info.task}, {len(data.splits['train'])} train) | "
                f"{conf.model} | {conf.optimizer} lr {conf.lr:g} | {conf.epochs} epochs | "
                f"batch {conf.batch_size} | {data.device}")
@@ -183,6 +188,23 @@ def train(
         conf.dataset: file_status(conf.dataset, conf.size, data_dir) == "md5 ok"}})
     typer.echo(format_board(build_leaderboard(out)))
     typer.echo(f"run directory: {out}  (medbench leaderboard / report read it)")
+
+
+def check_writable(out: Path) -> None:
+    """Create `out` (or find it) and write and remove a probe file in it: one clear line now
+    (read-only file system, no permission, a file in the way) instead of an error after
+    training."""
+    import os
+    import tempfile
+
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".medbench-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--out {out} is not writable ({e.strerror or e}); choose another "
+                        "--out") from None
 
 
 def _train_one(conf, data, out: Path):
@@ -585,12 +607,17 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on; anything but loopback "
                                       "exposes a page with no authentication")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8501,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="another host name browsers may use to reach the page (e.g. a "
+                             "reverse proxy's); loopback names and --host are always "
+                             "allowed")] = None,
 ) -> None:
     """A local web page: the runs' leaderboard and a predictor for uploaded images or volumes
     (needs the web extra: pip install 'medmnist-bench[web]')."""
     from bench.serve import serve as run_server
 
-    code = run_server(run_dirs, host=host, port=port, echo=typer.echo)
+    code = run_server(run_dirs, host=host, port=port, echo=typer.echo,
+                      allow_hosts=allow_host or ())
     if code:
         raise typer.Exit(code)
 

@@ -239,7 +239,12 @@ def load_arrays(flag: str, size: int = 28, data_dir: str | Path | None = None,
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a .npz file (never unpickling), or one UserError line naming the file."""
+    """Every array of a .npz file (never unpickling), or one UserError line naming the file.
+    The arrays' headers are checked first (`bench.decode.check_npz`): a header claiming more
+    than the file can hold is refused before numpy allocates it."""
+    from bench.decode import check_npz
+
+    check_npz(path, "delete it and download it again.")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -261,6 +266,13 @@ def _check_arrays(info: DatasetInfo, size: int, arrays: dict[str, np.ndarray], p
         if y.ndim != 2 or y.shape != (x.shape[0], info.label_width()):
             raise UserError(f"{path}: {split}_labels has shape {list(y.shape)}, expected "
                             f"[{x.shape[0]}, {info.label_width()}]; {fix}.")
+        if y.dtype.kind not in "biu":  # floats would be truncated, strings compared as text
+            odd = ""
+            if y.dtype.kind == "f":
+                bad = y[~np.isfinite(y) | (y != np.round(y))]
+                odd = f" holding values such as {bad.flat[0]:g}" if bad.size else ""
+            raise UserError(f"{path}: {split}_labels are {y.dtype}{odd}, expected integer "
+                            f"class indices (uint8); {fix}.")
         top = 1 if info.multi_label else info.n_classes - 1
         if y.size and (y.min() < 0 or y.max() > top):
             raise UserError(f"{path}: {split}_labels hold values in [{y.min()}, {y.max()}], "

@@ -9,11 +9,18 @@ Why it is careful about its inputs:
 
 * `model.pt` is loaded with `torch.load(weights_only=True)`: a pickle can run any code when it is
   loaded, and run directories get copied around. A file holding anything but tensors and plain
-  containers is refused with one clear error (a test plants a file-creating payload).
-* Inputs are made to look like the training data, and nothing is changed silently: a colour
-  image given to a greyscale model (or the reverse) is converted with a warning; a volume of
-  another shape is resampled (trilinear) to the model's size; non-uint8 volumes are min-max
-  scaled to 0-255, the range the model was trained on.
+  containers is refused with one clear error (a test plants a file-creating payload). The
+  architecture is built without fetching ImageNet weights (`weights_from_checkpoint`): every
+  weight is in model.pt, and a `weights_path` named inside a model file is never opened.
+  Weights that do not fit the architecture its config names are one clear error.
+* Files are decoded by `bench.decode`, which checks the sizes a file declares before decoding
+  (pixels, voxels, decompressed bytes: `Limits`) and refuses non-numeric arrays.
+* Inputs are made to look like the training data, and every change is named in the output
+  (`warnings`): colour to greyscale or the reverse, a dropped alpha channel, a palette, a
+  16-bit (or other high-bit-depth) greyscale image scaled to 0-255 by its bit depth, a resize
+  (with its sizes; an upscale says so); a volume of another shape is resampled (trilinear) to
+  the model's size and non-uint8 volumes are min-max scaled to 0-255, the range the model was
+  trained on.
 * The scores go through the trainer's own `scores_from_logits` after the trainer's `normalize`,
   so a prediction equals what evaluation computed for the same input. Multi-label models
   (ChestMNIST) report every label with p > 0.5, not an argmax.
@@ -33,11 +40,12 @@ import pandas as pd
 import torch
 
 from bench.data import DatasetInfo, dataset_info, normalize, to_tensor_images
+from bench.decode import CLI_LIMITS, VOLUME_SUFFIXES, Limits
+from bench.decode import NIFTI_EXTRA as NIFTI_EXTRA  # re-exported: callers name the extra
+from bench.decode import suffix as _suffix
 from bench.errors import UserError
 
 THRESHOLD = 0.5  # multi-label: a label is predicted when its probability is above this
-VOLUME_SUFFIXES = (".npy", ".nii", ".nii.gz")
-NIFTI_EXTRA = "pip install 'medmnist-bench[nifti]'"
 
 
 @dataclass
@@ -50,11 +58,6 @@ class LoadedModel:
     dims: int  # 2: images, 3: volumes (from the model registry)
     model: torch.nn.Module
     config: dict[str, Any] = field(default_factory=dict)
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def choose_model(run_dir: Path, dataset: str | None, family: str | None = None) -> Path:
@@ -106,19 +109,37 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def load_model(run_dir: Path, dataset: str | None = None,
                family: str | None = None) -> LoadedModel:
-    """The chosen model in eval mode on the CPU."""
+    """The chosen model in eval mode on the CPU, built without fetching any weights."""
     from bench.models import create_model, get_entry
+    from bench.models.pretrained import weights_from_checkpoint
     from bench.train import TrainConfig
 
     model_dir = choose_model(Path(run_dir), dataset, family)
-    saved = load_checkpoint(model_dir / "model.pt")
-    conf = TrainConfig.from_dict(dict(saved["config"]))
+    path = model_dir / "model.pt"
+    saved = load_checkpoint(path)
+    try:
+        conf = TrainConfig.from_dict(dict(saved["config"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: its config is not a medbench training config "
+                        f"({str(e).splitlines()[0][:200]}); re-run training to write it "
+                        "again") from None
     if dataset is not None and conf.dataset != dataset:
         raise UserError(f"{model_dir} holds a model for {conf.dataset}, not {dataset}; drop "
                         "--dataset or pass a run of that dataset")
     info = dataset_info(conf.dataset)
-    model = create_model(conf.model, info.n_channels, info.n_classes, conf.size, **conf.model_hp)
-    model.load_state_dict(saved["state_dict"])
+    with weights_from_checkpoint():
+        model = create_model(conf.model, info.n_channels, info.n_classes, conf.size,
+                             **conf.model_hp)
+    state = saved["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: its state_dict is not a dict of tensors; re-run training")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as e:
+        first = " ".join(str(e).split())
+        raise UserError(f"{path}: its weights do not fit the {conf.model} model its config "
+                        f"names ({first[:240]}); the file was edited or written by another "
+                        "version: re-run training to write it again") from None
     model.eval()
     return LoadedModel(model_dir, info, conf.size, get_entry(conf.model).dims, model,
                        dict(saved["config"]))
@@ -126,18 +147,64 @@ def load_model(run_dir: Path, dataset: str | None = None,
 
 # --- inputs -------------------------------------------------------------------------------------
 
-def load_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, list[str]]:
-    """An image file -> MedMNIST's file layout (H, W) or (H, W, 3), uint8, resized; plus a
-    warning for each change a user would not expect (channel conversion)."""
-    from PIL import Image, UnidentifiedImageError
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+
+def _high_depth_grey(img: Any, path: Path) -> tuple[np.ndarray, str]:
+    """A 16-bit (or 32-bit integer, or float) greyscale image as uint8 0..255, and the note
+    that says how. Integer images are scaled by their bit depth (PNG's sBIT chunk when it
+    declares fewer significant bits, else 16), which keeps an 8-bit image saved as 16 bits
+    (x257) exactly the same; PIL's own `convert("L")` clips instead, turning nearly every
+    pixel white. Float images and integers beyond 16 bits are scaled by their range."""
+    from bench.decode import png_significant_bits
+
+    arr = np.asarray(img)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode != "F" and lo >= 0 and hi <= 65535:
+        bits = png_significant_bits(path) or 16
+        top = 2 ** bits - 1
+        note = (f"{path.name}: {bits}-bit greyscale ({img.mode}) scaled to 0..255 by its bit "
+                f"depth (x255/{top})" + (" as its PNG sBIT chunk declares" if bits != 16 else ""))
+        if bits == 16 and hi <= 4095:
+            note += (f"; its values only reach {hi:.0f}: if it is a 12-bit image, it looks "
+                     "darker to the model than intended (rescale it to 8 bits first)")
+        scaled = np.asarray(arr, np.float64) * (255.0 / top)
+    else:
+        note = (f"{path.name}: {'float' if img.mode == 'F' else '32-bit'} greyscale image: its "
+                f"range {lo:g}..{hi:g} scaled to 0..255")
+        scaled = ((np.asarray(arr, np.float64) - lo) / (hi - lo) * 255.0 if hi > lo
+                  else np.zeros(arr.shape))
+    return np.clip(np.rint(np.nan_to_num(scaled)), 0, 255).astype(np.uint8), note
+
+
+def load_image(path: Path, channels: int, size: int,
+               limits: Limits = CLI_LIMITS) -> tuple[np.ndarray, list[str]]:
+    """An image file -> MedMNIST's file layout (H, W) or (H, W, 3), uint8, resized; plus a
+    note for every change made on the way (bit depth, alpha, palette, channels, size)."""
+    from PIL import Image, ImageOps
+
+    from bench.decode import open_image
+
+    img = open_image(path, limits)
     notes = []
-    grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+    if img.getexif().get(0x0112, 1) not in (0, 1):  # EXIF orientation: shown turned
+        img = ImageOps.exif_transpose(img)
+        notes.append(f"{path.name}: turned upright as its EXIF orientation says")
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        arr, note = _high_depth_grey(img, path)
+        notes.append(note)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        notes.append(f"{path.name}: alpha channel dropped ({img.mode})")
+    elif img.mode == "P":
+        notes.append(f"{path.name}: palette image converted to "
+                     f"{'greyscale' if channels == 1 else 'RGB'}")
+    elif img.mode == "1":
+        notes.append(f"{path.name}: 1-bit image read as 8-bit greyscale (0 or 255)")
+    elif img.mode not in ("L", "RGB", "LA", "RGBA", "P"):
+        notes.append(f"{path.name}: {img.mode} image converted to "
+                     f"{'greyscale' if channels == 1 else 'RGB'}")
+    grey = img.mode in GREY_MODES or (img.mode == "P" and _palette_is_grey(img))
     if channels == 1 and not grey:
         notes.append(f"{path.name}: colour image ({img.mode}) converted to greyscale for a "
                      "greyscale model")
@@ -145,35 +212,28 @@ def load_image(path: Path, channels: int, size: int) -> tuple[np.ndarray, list[s
         notes.append(f"{path.name}: greyscale image converted to RGB (3 equal channels) for a "
                      "colour model")
     img = img.convert("L" if channels == 1 else "RGB")
-    if img.size != (size, size):
+    w, h = img.size
+    if (w, h) != (size, size):
+        how = ["bilinear"]
+        if w < size or h < size:
+            how.append(f"upscaled {max(size / w, size / h):.3g}x")
+        if w != h:
+            how.append("aspect ratio not kept")
+        notes.append(f"{path.name}: resized {w}x{h} -> {size}x{size} ({', '.join(how)})")
         img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8), notes
+    return np.array(img, dtype=np.uint8), notes  # writable: torch.from_numpy takes it
 
 
-def read_volume(path: Path) -> np.ndarray:
-    """A (D, H, W) array from `.npy` or NIfTI (`.nii`, `.nii.gz`, through nibabel)."""
-    kind = _suffix(path)
-    if kind == ".npy":
-        try:
-            vol = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: not a readable .npy array ({e})") from None
-    elif kind in (".nii", ".nii.gz"):
-        try:
-            import nibabel
-        except ImportError:
-            raise UserError(f"{path}: reading NIfTI needs nibabel; install the extra: "
-                            f"{NIFTI_EXTRA}") from None
-        try:
-            vol = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
-        except Exception as e:  # nibabel raises many kinds for a bad file
-            raise UserError(f"{path}: not a readable NIfTI file ({e})") from None
-    else:
-        raise UserError(f"{path}: a 3D model reads volumes ({', '.join(VOLUME_SUFFIXES)})")
-    vol = np.squeeze(vol)
-    if vol.ndim != 3:
-        raise UserError(f"{path}: expected a volume of shape (D, H, W), got {vol.shape}")
-    return vol
+def _palette_is_grey(img: Any) -> bool:
+    rgb = np.asarray(img.convert("RGB"))
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def read_volume(path: Path, limits: Limits = CLI_LIMITS) -> np.ndarray:
+    """A (D, H, W) array from `.npy` or NIfTI (`.nii`, `.nii.gz`), bounded (bench.decode)."""
+    from bench.decode import read_volume as decode_volume
+
+    return decode_volume(path, limits)
 
 
 def prepare_volume(vol: np.ndarray, size: int, path: Path) -> tuple[np.ndarray, list[str]]:
@@ -181,10 +241,13 @@ def prepare_volume(vol: np.ndarray, size: int, path: Path) -> tuple[np.ndarray, 
     notes = []
     if vol.dtype != np.uint8:
         v = vol.astype(np.float32)
-        lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
-        v = np.nan_to_num((v - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(v))
+        finite = np.isfinite(v)
+        lo, hi = float(v[finite].min()), float(v[finite].max())
+        v = np.nan_to_num((v - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(v),
+                          nan=0.0, posinf=255.0, neginf=0.0)
         vol = np.clip(np.rint(v), 0, 255).astype(np.uint8)
-        notes.append(f"{path.name}: {lo:g}..{hi:g} scaled to 0..255")
+        notes.append(f"{path.name}: {lo:g}..{hi:g} scaled to 0..255"
+                     + ("" if finite.all() else " (NaN/infinite voxels set to 0/255)"))
     if vol.shape != (size,) * 3:
         t = torch.from_numpy(vol.astype(np.float32))[None, None]
         t = torch.nn.functional.interpolate(t, size=(size,) * 3, mode="trilinear",
@@ -194,16 +257,18 @@ def prepare_volume(vol: np.ndarray, size: int, path: Path) -> tuple[np.ndarray, 
     return vol, notes
 
 
-def load_input(path: Path, m: LoadedModel) -> tuple[np.ndarray, list[str]]:
-    """One input file in the layout of the model's dataset files, plus warnings."""
+def load_input(path: Path, m: LoadedModel,
+               limits: Limits = CLI_LIMITS) -> tuple[np.ndarray, list[str]]:
+    """One input file in the layout of the model's dataset files, plus notes on every change.
+    `limits`: what the decoder may decode (the web page passes tighter ones)."""
     if not Path(path).is_file():
         raise UserError(f"{path}: no such file")
     if m.dims == 3:
-        return prepare_volume(read_volume(path), m.size, path)
+        return prepare_volume(read_volume(path, limits), m.size, path)
     if _suffix(path) in VOLUME_SUFFIXES:
         raise UserError(f"{path}: a volume, but the {m.config.get('model')} model reads 2D "
                         "images; pass a run of a 3D dataset")
-    return load_image(path, m.info.n_channels, m.size)
+    return load_image(path, m.info.n_channels, m.size, limits)
 
 
 # --- scoring ------------------------------------------------------------------------------------

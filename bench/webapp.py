@@ -7,8 +7,13 @@ a prediction goes through `bench.predict`'s functions (model choice, `weights_on
 loading, input checks and conversion, scoring, multi-label thresholding), so the page shows
 exactly what `medbench predict --format json` prints for the same file.
 
-Streamlit runs this file as a script (`streamlit run bench/webapp.py -- RUN_DIR...`); the
-helpers above `main` need no Streamlit and are tested directly.
+Uploads are bounded twice: the uploader takes only the file types the chosen model reads, up to
+`bench.serve.upload_limit_mb` (the server enforces the same limit), and the file is decoded
+with `bench.decode.PAGE_LIMITS` (pixels, voxels and decompressed bytes checked before
+decoding), so a small crafted file is one clear message, not gigabytes in this process.
+
+Streamlit runs this file as a script (`python -m bench.serve run bench/webapp.py -- RUN_DIR...`);
+the helpers above `main` need no Streamlit and are tested directly.
 """
 
 from __future__ import annotations
@@ -132,18 +137,30 @@ def predictable_entries(board: pd.DataFrame, run: str, flag: str) -> tuple[list[
     return names, default
 
 
-def check_upload(name: str, dims: int, flag: str) -> None:
-    """A clear error for a file type the model cannot read (before any decoding)."""
-    from bench.predict import VOLUME_SUFFIXES
+def accepted_suffixes(dims: int) -> tuple[str, ...]:
+    """The file types the uploader offers for a model: images for 2D, volumes for 3D."""
+    from bench.decode import VOLUME_SUFFIXES
 
-    lower = name.lower()
-    kind = ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
-    if kind in IMAGE_SUFFIXES + VOLUME_SUFFIXES:
-        return  # image vs volume mismatches: bench.predict says which the model needs
-    wanted = (f"a 2D image ({', '.join(IMAGE_SUFFIXES)})" if dims == 2
-              else f"a 3D volume ({', '.join(VOLUME_SUFFIXES)})")
-    raise UserError(f"{name}: {kind or 'no extension'} is not a file type the predictor reads; "
-                    f"the {flag} model takes {wanted}")
+    return IMAGE_SUFFIXES if dims == 2 else VOLUME_SUFFIXES
+
+
+def check_upload(name: str, dims: int, flag: str, size: int | None = None,
+                 max_mb: int | None = None) -> None:
+    """A clear error for a file the model cannot take, before any decoding: a file type no
+    model reads (image vs volume mismatches: bench.predict says which the model needs), or a
+    file over the upload limit (the server refuses those first; this covers other callers)."""
+    from bench.decode import VOLUME_SUFFIXES, suffix
+
+    kind = suffix(name)
+    if kind not in IMAGE_SUFFIXES + VOLUME_SUFFIXES:
+        wanted = (f"a 2D image ({', '.join(IMAGE_SUFFIXES)})" if dims == 2
+                  else f"a 3D volume ({', '.join(VOLUME_SUFFIXES)})")
+        raise UserError(f"{name}: {kind or 'no extension'} is not a file type the predictor "
+                        f"reads; the {flag} model takes {wanted}")
+    if size is not None and max_mb is not None and size > max_mb * 2**20:
+        raise UserError(f"{name}: {size / 2**20:.1f} MB is over this page's {max_mb} MB upload "
+                        "limit; downscale or crop it first (the model sees at most "
+                        "224 px, or 64^3 voxels)")
 
 
 @dataclass
@@ -155,16 +172,19 @@ class UploadPrediction:
     warnings: list[str] = field(default_factory=list)
 
 
-def predict_upload(model: Any, name: str, data: bytes) -> UploadPrediction:
-    """Score one uploaded file with a loaded `bench.predict.LoadedModel`."""
+def predict_upload(model: Any, name: str, data: bytes, max_mb: int | None = None,
+                   limits: Any = None) -> UploadPrediction:
+    """Score one uploaded file with a loaded `bench.predict.LoadedModel`, decoding it within
+    `limits` (default `bench.decode.PAGE_LIMITS`)."""
+    from bench.decode import PAGE_LIMITS
     from bench.predict import describe, load_input, score
 
-    check_upload(name, model.dims, model.info.flag)
+    check_upload(name, model.dims, model.info.flag, len(data), max_mb)
     with tempfile.TemporaryDirectory(prefix="medbench-upload-") as tmp:
         path = Path(tmp) / Path(name).name
         path.write_bytes(data)
         try:
-            arr, notes = load_input(path, model)
+            arr, notes = load_input(path, model, limits or PAGE_LIMITS)
         except UserError as e:  # name the file as the user knows it, not our temp path
             raise UserError(str(e).replace(str(path), Path(name).name)) from None
     probs = score(model, arr[None])[0]
@@ -311,6 +331,18 @@ def _model(root: str, flag: str, family: str, stamp: float) -> Any:
     return load(root, flag, family, stamp)
 
 
+def _upload_limit(roots: tuple[str, ...]) -> int:
+    """The page's upload limit in MB: what `medbench serve` gave the server for these runs
+    (`bench.serve.upload_limit_mb`), and never above the server's own setting."""
+    import streamlit as st
+
+    from bench.serve import upload_limit_mb
+
+    server = int(st.get_option("server.maxUploadSize") or 0)
+    mine = upload_limit_mb(roots)
+    return min(mine, server) if server > 0 else mine
+
+
 def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
     from bench.predict import THRESHOLD, VOLUME_SUFFIXES, format_predictions
 
@@ -337,7 +369,11 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
         return
     kind = ("a 2D image (PNG or JPEG)" if model.dims == 2
             else f"a 3D volume ({', '.join(VOLUME_SUFFIXES)}; NIfTI needs the nifti extra)")
-    upload = st.file_uploader(f"Upload {kind}", key=f"upload-{run}-{flag}")
+    max_mb = _upload_limit(tuple(roots.values()))
+    upload = st.file_uploader(f"Upload {kind}", key=f"upload-{run}-{flag}",
+                              type=list(accepted_suffixes(model.dims)), max_upload_size=max_mb,
+                              help=f"Up to {max_mb} MB; larger images are refused, not "
+                                   "decoded.")
     metrics = model_metrics(model.path)
     entry = board[(board["run"] == run) & (board["dataset"] == flag)
                   & (board["family"] == family)].iloc[0]
@@ -355,7 +391,7 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
         left.info(f"Upload {kind} to classify it with the {flag} model.")
         return
     try:
-        result = predict_upload(model, upload.name, upload.getvalue())
+        result = predict_upload(model, upload.name, upload.getvalue(), max_mb)
     except UserError as e:
         left.error(str(e))
         return

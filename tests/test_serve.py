@@ -97,6 +97,49 @@ def test_serve_on_all_interfaces_warns_about_no_authentication(launched, fake_ru
     assert "warning: listening on 0.0.0.0:9000" in err and "NO authentication" in err
 
 
+def test_serve_allows_loopback_host_names_only_and_sizes_uploads(launched, fake_run,
+                                                                monkeypatch, capsys) -> None:
+    code, _, err = run_main(monkeypatch, capsys, "serve", fake_run)
+    assert code == 0, err
+    [cmd] = launched
+    assert cmd[1:4] == ["-m", "bench.serve", "run"]  # through the launcher (no outside look-up)
+    hosts = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--server.allowedHosts"]
+    assert hosts == ["localhost", "127.0.0.1", "::1"]
+    assert _option(cmd, "--server.maxUploadSize") == "8"  # not Streamlit's 200
+    launched.clear()
+    code, _, _ = run_main(monkeypatch, capsys, "serve", fake_run, "--host", "10.1.2.3",
+                          "--allow-host", "bench.example.org")
+    hosts = [launched[0][i + 1] for i, a in enumerate(launched[0])
+             if a == "--server.allowedHosts"]
+    assert hosts == ["localhost", "127.0.0.1", "::1", "10.1.2.3", "bench.example.org"]
+    assert "attacker.example" not in hosts
+
+
+def test_upload_limit_follows_the_largest_model_input(tmp_path) -> None:
+    rows = [{"dataset": "organmnist3d", "family": "cnn3d_small", "seed": 0, "size": 64,
+             "status": "ok", "run_dir": "x"}]
+    write_table(tmp_path / "r3d" / "final.parquet", rows, FINAL_COLUMNS)
+    assert serve.upload_limit_mb([tmp_path / "r3d"]) == 16  # 64^3 float32 x 16
+    rows[0].update(size=28)
+    write_table(tmp_path / "small" / "final.parquet", rows, FINAL_COLUMNS)
+    assert serve.upload_limit_mb([tmp_path / "small"]) == serve.MIN_UPLOAD_MB
+
+
+def test_the_launcher_never_asks_an_outside_service_for_the_ip(monkeypatch) -> None:
+    pytest.importorskip("streamlit", reason="the web extra (Streamlit) is not installed")
+    import requests
+    from streamlit import net_util
+
+    def refuse(*a, **k):
+        raise AssertionError(f"outside look-up: {a}")
+
+    monkeypatch.setattr(requests, "get", refuse)
+    monkeypatch.setattr(net_util, "get_external_ip", net_util.get_external_ip)  # restored after
+    monkeypatch.setattr(net_util, "_external_ip", None)
+    serve.no_outside_lookups()
+    assert net_util.get_external_ip() is None
+
+
 @pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("127.0.0.2", True),
                                            ("localhost", True), ("::1", True),
                                            ("0.0.0.0", False), ("::", False),
@@ -284,29 +327,69 @@ def test_probability_table_marks_every_label_above_the_threshold() -> None:
     assert table["probability"][9] == "0.5100"
 
 
-def test_wrong_file_type_is_named(trained) -> None:
+def test_the_uploader_takes_only_the_models_file_types_and_size(trained) -> None:
     at = _predict_page(trained["breast"])
-    at.file_uploader[0].set_value(("notes.txt", b"hello", "text/plain")).run()
-    [error] = at.error
-    assert error.value.startswith("notes.txt: .txt is not a file type the predictor reads")
-    assert "2D image (.png, .jpg, .jpeg)" in error.value
-
-
-def test_a_volume_given_to_a_2d_model_is_refused(trained) -> None:
-    at = _predict_page(trained["breast"])
-    npy = trained["npy"]
-    at.file_uploader[0].set_value((npy.name, npy.read_bytes(), "application/octet-stream")).run()
-    [error] = at.error
-    assert error.value.startswith(f"{npy.name}: a volume, but") and "2D images" in error.value
-    assert "medbench-upload-" not in error.value  # the user's file name, not our temp path
-
-
-def test_an_image_given_to_a_3d_model_is_refused_and_a_volume_is_scored(trained) -> None:
+    uploader = at.file_uploader[0].proto
+    assert list(uploader.type) == [".png", ".jpg", ".jpeg"]
+    assert uploader.max_upload_size_mb == serve.upload_limit_mb([trained["breast"]]) == 8
     at = _predict_page(trained["organ"])
-    png = trained["png"]
+    assert list(at.file_uploader[0].proto.type) == [".npy", ".nii", ".nii.gz"]
+
+
+@pytest.fixture(scope="module")
+def models(trained) -> dict[str, object]:
+    from bench.predict import load_model
+
+    return {"breast": load_model(trained["breast"], "breastmnist", "cnn_small"),
+            "organ": load_model(trained["organ"])}
+
+
+def test_wrong_file_type_is_named(models) -> None:
+    from bench.webapp import predict_upload
+
+    with pytest.raises(UserError) as e:
+        predict_upload(models["breast"], "notes.txt", b"hello")
+    assert str(e.value).startswith("notes.txt: .txt is not a file type the predictor reads")
+    assert "2D image (.png, .jpg, .jpeg)" in str(e.value)
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_decoding(models) -> None:
+    from bench.webapp import predict_upload
+
+    with pytest.raises(UserError, match=r"x.png: 9.0 MB is over this page's 8 MB upload limit"):
+        predict_upload(models["breast"], "x.png", b"\0" * (9 << 20), 8)
+
+
+def test_a_volume_given_to_a_2d_model_is_refused(trained, models) -> None:
+    from bench.webapp import predict_upload
+
+    npy = trained["npy"]
+    with pytest.raises(UserError) as e:
+        predict_upload(models["breast"], npy.name, npy.read_bytes())
+    assert str(e.value).startswith(f"{npy.name}: a volume, but") and "2D images" in str(e.value)
+    assert "medbench-upload-" not in str(e.value)  # the user's file name, not our temp path
+
+
+def test_the_page_names_a_bomb_without_decoding_it(trained, tmp_path) -> None:
+    from bad_inputs import png_header_only
+
+    at = _predict_page(trained["breast"])
+    png = png_header_only(tmp_path / "bomb.png", 6000, 6000)
     at.file_uploader[0].set_value((png.name, png.read_bytes(), "image/png")).run()
+    assert not at.exception
     [error] = at.error
-    assert error.value.startswith(f"{png.name}: a 3D model reads volumes")
+    assert error.value.startswith("bomb.png: 6000x6000 pixels (36 Mpx) is more than this "
+                                  "predictor decodes (17 Mpx)")
+
+
+def test_an_image_given_to_a_3d_model_is_refused_and_a_volume_is_scored(trained,
+                                                                         models) -> None:
+    from bench.webapp import predict_upload
+
+    png = trained["png"]
+    with pytest.raises(UserError, match=f"^{png.name}: a 3D model reads volumes"):
+        predict_upload(models["organ"], png.name, png.read_bytes())
+    at = _predict_page(trained["organ"])
     npy = trained["npy"]
     at.file_uploader[0].set_value((npy.name, npy.read_bytes(), "application/octet-stream")).run()
     assert not at.error and not at.exception
@@ -416,6 +499,30 @@ def server(real_run: Path, tmp_path: Path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def _websocket_handshake(url: str, host: str) -> int:
+    """The HTTP status of a websocket upgrade to the page with this Host header."""
+    import base64
+
+    port = int(url.rsplit(":", 1)[1])
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall((f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        status = s.recv(4096).split(b"\r\n", 1)[0]
+    return int(status.split()[1])
+
+
+@pytest.mark.slow
+def test_real_server_refuses_a_foreign_host_header(server) -> None:
+    """DNS rebinding: a page at attacker.example re-pointed to 127.0.0.1 opens the websocket
+    with its own Host header; only the loopback names get through."""
+    port = server.rsplit(":", 1)[1]
+    assert _websocket_handshake(server, f"127.0.0.1:{port}") == 101
+    assert _websocket_handshake(server, f"localhost:{port}") == 101
+    assert _websocket_handshake(server, f"attacker.example:{port}") != 101
 
 
 @pytest.mark.slow

@@ -12,11 +12,18 @@ Three things differ and are handled here:
 
 Everything else must load; a key that does not fit is a UserError (wrong file for the model),
 never a silently half-initialised network.
+
+Loading a saved model (`bench.predict`) builds the architecture inside `weights_from_checkpoint()`:
+every weight is in its model.pt, so nothing is fetched, and a `weights_path` named in a model
+file's config (someone else's file) is never opened.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,6 +41,20 @@ TORCHVISION_URLS: dict[str, str] = {
     "vgg11": "https://download.pytorch.org/models/vgg11-8a719046.pth",
     "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
 }
+
+
+_FROM_CHECKPOINT = contextvars.ContextVar("medbench_weights_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Build models without loading ImageNet weights (no download, no weights_path read):
+    the caller loads a complete state dict of its own right after."""
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
 
 
 def check_pretrained_args(model: str, pretrained: bool, weights_path: str) -> None:
@@ -108,7 +129,11 @@ def load_pretrained(
 
     `first_conv` names the input conv module (its `.weight` gets channel adaptation and may be
     skipped on a shape mismatch); keys under `drop_prefixes` (the classifier) are never loaded.
+    Inside `weights_from_checkpoint()` nothing is loaded (and nothing fetched or read).
     """
+    if _FROM_CHECKPOINT.get():
+        log.info("%s: ImageNet weights not loaded; the checkpoint's own weights follow", arch)
+        return []
     source = fetch_state_dict(arch, weights_path)
     target = model.state_dict()
     first_keys = {f"{first_conv}.weight", f"{first_conv}.bias"}
