@@ -19,18 +19,34 @@ import math
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # headless: reports are made on clusters and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
-
-from bench import metrics  # noqa: E402
-from bench.baselines import load_published  # noqa: E402
-from bench.errors import UserError  # noqa: E402
-from bench.leaderboard import (  # noqa: E402
+from bench import metrics
+from bench.baselines import load_published
+from bench.errors import UserError
+from bench.figures import (
+    METRICS,
+    MIN_CD_DATASETS,
+    MIN_IMPORTANCE_TRIALS,
+    MIN_SPAN,
+    cost_entries,
+    fig_calibration,
+    fig_confusion,
+    fig_cost,
+    fig_critical_difference,
+    fig_forest,
+    fig_importance,
+    fig_learning_curves,
+    fig_misclassified,
+    fig_parallel,
+    fig_roc_pr,
+    fig_seed_strips,
+    fig_trials_progress,
+    fig_vs_published,
+)
+from bench.figures import entry_label as _label
+from bench.leaderboard import (
     RunDirs,
     as_paths,
     build_leaderboard,
@@ -51,49 +67,17 @@ from bench.leaderboard import (  # noqa: E402
     summarize,
     verdict,
 )
-from bench.results import atomic_write, write_text  # noqa: E402
-from bench.studies import (  # noqa: E402
+from bench.results import SELECTION_COLUMNS, read_table, write_text
+from bench.studies import (
     STUDIES_FILE,
     build_studies,
     equal_budget_study,
-    finish_order,
-    has_finish_times,
     load_studies,
-    max_epochs_of,
-    numeric_axis,
     param_importances,
-    trial_budget,
 )
 
 N_BINS = 10  # calibration bins (the usual 10 equal-width bins of Guo et al. 2017)
 N_WRONG = 4  # misclassified test images shown per true class
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """savefig atomically (temp file beside it, then rename)."""
-    try:
-        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110,
-                                                        bbox_inches="tight"))
-    finally:
-        plt.close(fig)
-
-
-def _grid(n: int, w: float = 4.6, h: float = 3.4, cols: int = 3) -> tuple[plt.Figure,
-                                                                          list[plt.Axes]]:
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False,
-                             layout="constrained")
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def _label(r: pd.Series, board: pd.DataFrame) -> str:
-    """Entry name: family, plus size/run only when the board needs them to tell rows apart."""
-    s = r["family"] + (f" {r['size']}px" if board["size"].nunique() > 1 else "")
-    return f"{r['run']}: {s}" if board["run"].nunique() > 1 else s
 
 
 def _class_names(flag: str) -> list[str]:
@@ -101,10 +85,6 @@ def _class_names(flag: str) -> list[str]:
 
     labels = medmnist.INFO[flag]["label"]
     return [labels[str(i)] for i in range(len(labels))]
-
-
-def _short(name: str, i: int, n: int = 14) -> str:
-    return name if name == str(i) else f"{i}: {name[:n]}"
 
 
 # --- which entry and which model the per-dataset figures show ----------------------------------
@@ -278,58 +258,9 @@ def friedman_nemenyi(table: pd.DataFrame, alpha: float = 0.05) -> dict:
             "ranks": mean_ranks(table)}
 
 
-def _cliques(ranks: pd.Series, cd: float) -> list[tuple[float, float]]:
-    """Maximal runs of competitors whose mean ranks lie within cd of each other."""
-    r = ranks.to_numpy()
-    spans = []
-    for i in range(len(r)):
-        j = max(k for k in range(i, len(r)) if r[k] - r[i] < cd)
-        if j > i and not any(a <= i and j <= b for a, b in spans):
-            spans.append((i, j))
-    return [(r[a], r[b]) for a, b in spans]
-
-
-def fig_critical_difference(results: dict[str, dict], path: Path) -> Path:
-    """Demsar's diagram per metric: mean rank axis (1 = best on the left), each competitor a
-    tick, thick bars join those the Nemenyi test cannot tell apart."""
-    fig, axes = plt.subplots(len(results), 1, figsize=(11, 1.9 + 0.42 * max(
-        len(r["ranks"]) for r in results.values()) * len(results) / 1.2), layout="constrained",
-        squeeze=False)
-    for ax, (metric, res) in zip(axes[:, 0], results.items(), strict=True):
-        ranks, k, cd = res["ranks"], res["k"], res["cd"]
-        ax.set_xlim(1 - 3.2, k + 3.2)  # room for the names beyond both ends of the axis
-        n = len(ranks)
-        half = math.ceil(n / 2)
-        ax.set_ylim(-(half + 1.2), 1.4)
-        ax.hlines(0, 1, k, color="k", lw=1)
-        for t in range(1, k + 1):
-            ax.vlines(t, 0, 0.12, color="k", lw=1)
-            ax.text(t, 0.22, str(t), ha="center", va="bottom", fontsize=8)
-        for i, (name, r) in enumerate(ranks.items()):
-            left = i < half
-            y = -(i + 0.6) if left else -(n - i - 1 + 0.6)
-            x_end = 1 - 0.1 if left else k + 0.1
-            ax.plot([r, r, x_end], [0, y, y], color="C0" if "†" not in name else "0.45",
-                    lw=0.9)
-            ax.text(x_end - 0.05 if left else x_end + 0.05, y,
-                    f"{name} ({r:.2f})" if left else f"({r:.2f}) {name}",
-                    ha="right" if left else "left", va="center", fontsize=8,
-                    color="C0" if "†" not in name else "0.3")
-        for j, (a, b) in enumerate(_cliques(ranks, cd)):
-            ax.hlines(-0.25 - 0.18 * j, a - 0.03, b + 0.03, color="C3", lw=3)
-        if np.isfinite(cd) and cd < k:
-            ax.hlines(1.0, 1, 1 + cd, color="k", lw=1.5)
-            ax.text(1 + cd / 2, 1.1, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
-        ax.axis("off")
-        p = res["friedman_p"]
-        ax.set_title(f"test {metric.upper()}: mean rank over {res['n_datasets']} datasets "
-                     f"(Friedman p = {p:.3g}; Nemenyi α = {res['alpha']})"
-                     if np.isfinite(p) else f"test {metric.upper()}: mean rank over "
-                     f"{res['n_datasets']} datasets", fontsize=9)
-    return _save(fig, path)
-
-
 def _across_md(board: pd.DataFrame, figs: Path, rel: str) -> list[str]:
+    """Wins/ties/losses against the published methods, mean ranks, and the critical-difference
+    diagram from MIN_CD_DATASETS datasets up (below, one sentence says why there is none)."""
     if any(official_row(r) for r in board.itertuples()):
         out = ["## Across datasets", "", *format_summary(summarize(board)).splitlines(), ""]
     else:
@@ -341,164 +272,37 @@ def _across_md(board: pd.DataFrame, figs: Path, rel: str) -> list[str]:
         if table.shape[0] >= 2 and table.shape[1] >= 2:
             results[m] = friedman_nemenyi(table)
     if not results:
-        return [*out, "_A critical-difference diagram needs at least two datasets and two "
-                      "competitors with numbers on all of them._", ""]
+        return [*out, "_Mean ranks need at least two datasets and two competitors with numbers "
+                      "on all of them._", ""]
     png = fig_critical_difference(results, figs / "critical_difference.png")
     res = results.get("auc") or next(iter(results.values()))
-    out += ["Critical difference: competitors ranked within each dataset (1 = best), mean rank "
-            "over datasets; our entries beside every published method (†) that reports all "
-            "datasets of this run. Bars join competitors the Nemenyi test cannot separate at "
-            f"α = {res['alpha']}.", "", f"![critical difference]({rel}/{png.name})", "",
-            "| competitor | " + " | ".join(f"mean rank ({m.upper()})" for m in results) + " |",
+    if png is None:
+        out += [f"_No critical-difference diagram: {res['n_datasets']} datasets, and it is drawn "
+                f"from {MIN_CD_DATASETS} up; here the Nemenyi critical difference would be "
+                f"{res['cd']:.2f} ranks on a scale of 1 to {res['k']}, so it could separate next "
+                "to nothing._", "",
+                "Mean rank within each dataset (1 = best), our entries beside every published "
+                "method (†) that reports all datasets of this run; a description, not a test.", ""]
+    else:
+        out += ["Critical difference: competitors ranked within each dataset (1 = best), mean "
+                "rank over datasets; our entries beside every published method (†) that reports "
+                "all datasets of this run. Bars join competitors the Nemenyi test cannot separate "
+                f"at α = {res['alpha']}.", "", f"![critical difference]({rel}/{png.name})", ""]
+    out += ["| competitor | " + " | ".join(f"mean rank ({m.upper()})" for m in results) + " |",
             "|---|" + "---|" * len(results)]
-    names = list(res["ranks"].index)
-    for name in names:
+    for name in res["ranks"].index:
         out.append(f"| {name} | " + " | ".join(f"{r['ranks'].get(name, float('nan')):.2f}"
                                                for r in results.values()) + " |")
-    out += ["", "; ".join(f"{m.upper()}: Friedman p = {r['friedman_p']:.3g}, CD = {r['cd']:.2f}"
+    out.append("")
+    if png is not None:
+        out += ["; ".join(f"{m.upper()}: Friedman p = {r['friedman_p']:.3g}, CD = {r['cd']:.2f}"
                           f" over {r['n_datasets']} datasets" for m, r in results.items())
-            + (". With this few datasets no difference of mean ranks can reach significance."
-               if res["cd"] >= res["k"] - 1 else "."), ""]
+                + (". With this few datasets no difference of mean ranks can reach significance."
+                   if res["cd"] >= res["k"] - 1 else "."), ""]
     return out
 
 
 # --- per-dataset figures -------------------------------------------------------------------------
-
-def fig_vs_published(board: pd.DataFrame, flag: str, path: Path) -> Path:
-    """Ours (mean, 95% CI bars) next to every comparable published method, per metric."""
-    rows = board[board["dataset"] == flag]
-    pub = load_published()
-    official = all(official_row(r) for r in rows.itertuples())
-    cands = [comparable_baselines(pub, flag, s, official) for s in sorted(rows["size"].unique())]
-    cand = pd.concat([c for c, _, _ in cands]).drop_duplicates("method")
-    ref = cands[0][1]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    for ax, m in zip(axes, ("acc", "auc"), strict=True):
-        ours = [_label(r, board) for _, r in rows.iterrows()]
-        mean = rows[f"test_{m}_mean"].to_numpy(float)
-        err = np.vstack([mean - rows[f"{m}_lo"], rows[f"{m}_hi"] - mean]).astype(float)
-        err = np.clip(np.nan_to_num(err), 0, None)  # no CI: no bar
-        ax.errorbar(range(len(ours)), mean, yerr=err, fmt="o", color="C0", capsize=4,
-                    label="ours (mean, 95% CI)")
-        xs = range(len(ours), len(ours) + len(cand))
-        ax.scatter(xs, cand[m], marker="D", color="0.45", label="published")
-        ax.axvline(len(ours) - 0.5, color="0.7", lw=0.8, ls=":")
-        ref_val = cand.loc[cand["method"] == ref, m]
-        if len(ref_val):
-            ax.axhline(float(ref_val.iloc[0]), ls="--", color="C3", lw=1, label=ref)
-        ax.set_xticks(range(len(ours) + len(cand)), ours + list(cand["method"]), rotation=35,
-                      ha="right")
-        ax.set_ylabel(f"test {m.upper()}")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"{flag}: ours vs published MedMNIST v2" if official else
-                 f"{flag}: not the official files, so no published numbers beside ours")
-    return _save(fig, path)
-
-
-def fig_seed_strips(board: pd.DataFrame, seeds: pd.DataFrame, flag: str,
-                    path: Path) -> Path | None:
-    """Every final seed as a dot beside the published reference and best values: the spread
-    that 'mean ± std' summarises, and whether single seeds cross the published line."""
-    here = board[(board["dataset"] == flag) & (board["n_seeds"] > 0)]
-    rows = here[[not is_ensemble(r) for _, r in here.iterrows()]]
-    ens = {(r["run"], base_family(r)): r for _, r in here.iterrows() if is_ensemble(r)}
-    if rows.empty:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 2.2 + 1.3 * len(rows)) * 2, 3.8),
-                             layout="constrained")
-    rng = np.random.default_rng(0)
-    for ax, m in zip(axes, ("acc", "auc"), strict=True):
-        names = []
-        for x, (_, r) in enumerate(rows.iterrows()):
-            vals = pd.to_numeric(entry_seeds(seeds, r)[f"test_{m}"]).to_numpy(float)
-            ax.scatter(x + rng.uniform(-0.12, 0.12, len(vals)), vals, s=22, color="C0",
-                       alpha=0.8, zorder=3, label="one seed" if x == 0 else None)
-            ax.hlines(r[f"test_{m}_mean"], x - 0.28, x + 0.28, color="C0", lw=2,
-                      label="seed mean" if x == 0 else None)
-            e = ens.get((r["run"], r["family"]))
-            if e is not None:
-                ax.scatter([x + 0.34], [e[f"test_{m}_mean"]], marker="*", s=90, color="C1",
-                           zorder=4, label="seed ensemble" if x == 0 else None)
-            names.append(f"{_label(r, board)}\n({len(vals)} seeds)")
-        r0 = rows.iloc[0]
-        if pd.notna(r0[f"ref_{m}"]):
-            ax.axhline(r0[f"ref_{m}"], ls="--", color="C3", lw=1,
-                       label=f"{r0['ref_method']} {r0[f'ref_{m}']:.3f}")
-        if pd.notna(r0[f"best_{m}"]) and r0[f"best_{m}_method"] != r0["ref_method"]:
-            ax.axhline(r0[f"best_{m}"], ls=":", color="0.3", lw=1.2,
-                       label=f"best published: {r0[f'best_{m}_method']} {r0[f'best_{m}']:.3f}")
-        ax.set_xticks(range(len(names)), names, fontsize=8)
-        ax.set_xlim(-0.6, len(names) - 0.4)
-        ax.set_ylabel(f"test {m.upper()}")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{flag}: every final seed vs the published numbers")
-    return _save(fig, path)
-
-
-def fig_roc_pr(curves: list[dict], names: list[str], title: str, path: Path) -> Path:
-    """ROC and precision-recall per class (one-vs-rest), scikit-learn's points."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
-    for i, c in enumerate(curves):
-        name = _short(names[c["class"]], c["class"]) if c["class"] < len(names) else c["class"]
-        a.plot(c["fpr"], c["tpr"], color=f"C{i % 10}", lw=1.4,
-               label=f"{name} (AUC {c['auc']:.3f})")
-        b.step(c["recall"], c["precision"], where="post", color=f"C{i % 10}", lw=1.4,
-               label=f"{name} (AP {c['ap']:.3f})")
-        b.axhline(c["prevalence"], color=f"C{i % 10}", lw=0.7, ls=":")
-    a.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-    a.set(xlabel="false positive rate", ylabel="true positive rate",
-          title=f"ROC (mean of per-class AUC {np.mean([c['auc'] for c in curves]):.3f})")
-    b.set(xlabel="recall", ylabel="precision", ylim=(0, 1.02),
-          title="precision-recall (dotted: class prevalence = chance)")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right" if ax is a else "lower left")
-    fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
-
-
-def fig_calibration(bins: pd.DataFrame, ece: float, multi_label: bool, title: str,
-                    path: Path) -> Path:
-    """Reliability diagram (accuracy vs confidence per bin) with the ECE, and how many test
-    images fall in each bin (an empty-looking bin is a bin with few images)."""
-    fig, (a, b) = plt.subplots(2, 1, figsize=(5.2, 5.6), height_ratios=(3, 1), sharex=True,
-                               layout="constrained")
-    a.plot([0, 1], [0, 1], color="0.6", ls="--", lw=0.8, label="perfectly calibrated")
-    a.plot(bins["confidence"], bins["accuracy"], marker="o", color="C0",
-           label=f"ours (ECE {ece:.3f})")
-    a.vlines(bins["confidence"], bins["confidence"], bins["accuracy"], color="C3", lw=1,
-             alpha=0.7, label="gap")
-    what = "label probability" if multi_label else "top-label confidence"
-    a.set(ylabel="fraction positive" if multi_label else "accuracy", xlim=(0, 1), ylim=(0, 1.02),
-          title=title)
-    a.grid(alpha=0.3)
-    a.legend(fontsize=8, loc="upper left")
-    b.bar(bins["confidence"], bins["count"], width=1 / N_BINS * 0.8, color="0.55")
-    b.set(xlabel=what, ylabel="images")
-    b.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def fig_confusion(cm: np.ndarray, names: list[str], title: str, path: Path) -> Path:
-    """Counts annotated; colour is the row-normalised rate so small classes stay visible."""
-    rate = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(names)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.75 * max(n, 4), 1.0 + 0.7 * max(n, 4)),
-                           layout="constrained")
-    im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=9,
-                    color="white" if rate[i, j] > 0.6 else "black")
-    short = [_short(s, i) for i, s in enumerate(names)]
-    ax.set_xticks(range(n), short, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(n), short, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="row rate (recall)")
-    return _save(fig, path)
-
 
 def class_mix(scores: dict[str, np.ndarray], task: str, names: list[str]) -> pd.DataFrame:
     """Per class, its share of the labels and of the predictions on validation and on test.
@@ -562,44 +366,6 @@ def most_confident_errors(y: np.ndarray, s: np.ndarray, task: str,
     return out
 
 
-def _as_picture(img: np.ndarray) -> np.ndarray:
-    """A 2D picture of one sample: grey or RGB as stored; a 3D volume's middle slice."""
-    img = np.asarray(img)
-    if img.ndim == 3 and img.shape[-1] not in (1, 3):  # (D, H, W) volume
-        return img[img.shape[0] // 2]
-    return img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
-
-
-def fig_misclassified(images: np.ndarray, y: np.ndarray, s: np.ndarray, task: str,
-                      names: list[str], title: str, path: Path) -> Path:
-    """A row per true class: its most confidently misclassified test images, captioned with the
-    predicted class and its probability."""
-    picks = most_confident_errors(y, s, task)
-    pred = metrics.predicted_labels(s, task).reshape(-1)
-    conf, _ = confidence_and_correct(y, s, task)
-    classes = sorted(picks)
-    fig, axes = plt.subplots(len(classes), N_WRONG, figsize=(1.7 * N_WRONG + 1.6,
-                                                             1.75 * len(classes)),
-                             squeeze=False, layout="constrained")
-    for row, c in zip(axes, classes, strict=True):
-        for j, ax in enumerate(row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
-            if j < len(picks[c]):
-                i = picks[c][j]
-                pic = _as_picture(images[i])
-                ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=255)
-                ax.set_title(f"→ {_short(names[pred[i]], int(pred[i]), 10)}\np={conf[i]:.2f}",
-                             fontsize=7)
-            elif j == 0:
-                ax.text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=8)
-        row[0].set_ylabel(_short(names[c], c, 12), fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
-
-
 def _data_dir(paths: list[Path], data_dir: str | Path | None) -> str | Path | None:
     """--data-dir, else the one the run recorded (meta.json `data_dir`, when present), else
     bench.data's default ($MEDMNIST_DATA, ~/.medmnist)."""
@@ -626,6 +392,51 @@ def _test_images(flag: str, size: int, labels: np.ndarray,
     return arrays["test_images"], ""
 
 
+def strip_entries(board: pd.DataFrame, seeds: pd.DataFrame, flag: str) -> pd.DataFrame:
+    """The seed-strip figure's data for one dataset: its trained entries with seeds (context
+    rows left out), each with its display `name` and its seeds' test values (`seeds_acc`,
+    `seeds_auc`; a seed ensemble has none of its own, its members are the family's seeds)."""
+    here = cost_entries(board[(board["dataset"] == flag) & (board["n_seeds"] > 0)])
+    rows = []
+    for _, r in here.iterrows():
+        own = seeds.iloc[0:0] if is_ensemble(r) else entry_seeds(seeds, r)
+        rows.append({**r.to_dict(), "name": _label(r, board),
+                     **{f"seeds_{m}": pd.to_numeric(own[f"test_{m}"]).to_numpy(float)
+                        for m in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def _published_figures_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series,
+                          figs: Path, rel: str) -> list[str]:
+    """A dataset's entries beside the published numbers, the picked entry's forest plot against
+    every published method, and the seed strips, each with the rule its axis follows."""
+    flag = entry["dataset"]
+    png = fig_vs_published(board, flag, figs / f"{flag}_vs_published.png")
+    out = [f"![{flag} vs published]({rel}/{png.name})", ""]
+    cand, ref, _ = comparable_baselines(load_published(), flag, int(entry["size"]),
+                                        official_row(entry))
+    name = _label(entry, board)
+    forest = fig_forest(entry, cand, ref, f"{flag}: {name} (picked) minus each published method",
+                        figs / f"{flag}_forest.png")
+    if forest is None:
+        out += [f"_No forest plot for {flag}: the run's files are not the official MedMNIST "
+                "release, so there are no published numbers to set ours against._", ""]
+    else:
+        out += [f"![{flag} forest plot]({rel}/{forest.name})", "",
+                f"Forest plot: the picked entry ({name}) minus each published method, the point "
+                "from our test mean, the bar our 95% CI shifted by the published value; only a "
+                f"bar clear of zero is above/below (colour). Shaded: the reference, {ref}.", ""]
+    strips = fig_seed_strips(strip_entries(board, seeds, flag), flag,
+                             figs / f"{flag}_seeds.png")
+    if strips:
+        out += [f"![{flag} seeds]({rel}/{strips.name})", "",
+                "Seed strips: each dot one final seed's test number, each bar an entry's 95% "
+                "bootstrap CI (star: a seed ensemble's averaged probabilities). The y axis spans "
+                f"at least {MIN_SPAN:g} and always includes the published lines, so a small gap "
+                "looks small.", ""]
+    return out
+
+
 def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs: Path,
                 rel: str, data_dir: str | Path | None) -> list[str]:
     """Seed spread, ROC/PR, calibration, confusion, per-class table and misclassified images
@@ -636,11 +447,7 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
     info = medmnist.INFO[flag]
     task, names = info["task"], _class_names(flag)
     out: list[str] = []
-    png = fig_vs_published(board, flag, figs / f"{flag}_vs_published.png")
-    out += [f"![{flag} vs published]({rel}/{png.name})", ""]
-    strips = fig_seed_strips(board, seeds, flag, figs / f"{flag}_seeds.png")
-    if strips:
-        out += [f"![{flag} seeds]({rel}/{strips.name})", ""]
+    out += _published_figures_md(board, seeds, entry, figs, rel)
     mine = entry_seeds(seeds, entry)
     best = representative_seed(mine)
     entry_name = _label(entry, board)
@@ -673,7 +480,7 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
     conf, correct = confidence_and_correct(y, s, task)
     ece, bins = expected_calibration_error(correct, conf)
     png = fig_calibration(bins, ece, task == metrics.MULTI_LABEL, f"{flag}: {who}",
-                          figs / f"{flag}_calibration.png")
+                          figs / f"{flag}_calibration.png", n_bins=N_BINS)
     eces = []
     for _, r in mine.iterrows():
         other = load_scores(r["root"], r["run_dir"])
@@ -701,7 +508,8 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
             out += [f"_Misclassified images skipped: {why}. Pass `--data-dir` to "
                     "`medbench report`._", ""]
         else:
-            png = fig_misclassified(images, y, s, task, names,
+            png = fig_misclassified(images, most_confident_errors(y, s, task),
+                                    metrics.predicted_labels(s, task).reshape(-1), conf, names,
                                     f"{flag}: most confident test errors per true class, {who}",
                                     figs / f"{flag}_misclassified.png")
             out += [f"![{flag} misclassified]({rel}/{png.name})", ""]
@@ -710,150 +518,16 @@ def _dataset_md(board: pd.DataFrame, seeds: pd.DataFrame, entry: pd.Series, figs
 
 # --- the search ----------------------------------------------------------------------------------
 
-def _values(cell) -> list[dict]:
-    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
-        return []
-    return json.loads(cell) if isinstance(cell, str) else list(cell)
-
-
-def best_so_far(trials: pd.DataFrame) -> np.ndarray:
-    """Best validation AUC after each finished trial, in finish order (failed trials keep the
-    previous best)."""
-    vals = pd.to_numeric(finish_order(trials)["best_val_auc"], errors="coerce")
-    return vals.cummax().ffill().to_numpy(float)
-
-
-def fig_trials_progress(trials: pd.DataFrame, path: Path) -> Path | None:
-    """Best val AUC so far vs trials finished, in the order they finished, per family; each
-    trial's own best val AUC as a faint dot."""
-    if trials.empty:
-        return None
-    flags = sorted(trials["dataset"].unique())
-    fig, axes = _grid(len(flags))
-    order = "finish order" if has_finish_times(trials) else "row order (no finish times)"
-    for ax, flag in zip(axes, flags, strict=True):
-        for i, ((run, family), g) in enumerate(trials[trials["dataset"] == flag].groupby(
-                ["run", "family"])):
-            best = best_so_far(g)
-            x = np.arange(1, len(best) + 1)
-            name = family if trials["run"].nunique() == 1 else f"{run}: {family}"
-            ax.step(x, best, where="post", color=f"C{i % 10}", label=name)
-            own = pd.to_numeric(finish_order(g)["best_val_auc"], errors="coerce")
-            ax.scatter(x, own, s=10, color=f"C{i % 10}", alpha=0.35)
-        ax.set(title=flag, xlabel=f"trials finished ({order})", ylabel="best val AUC so far")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
-    return _save(fig, path)
-
-
-def fig_learning_curves(trials: pd.DataFrame, flag: str, path: Path,
-                        run_dirs: dict[str, Path] | None = None) -> Path | None:
-    """Val AUC per epoch of every search trial, one panel per family: the ones ASHA stopped end
-    early (grey, ×), full-budget ones in colour, the best trial bold."""
-    t = trials[(trials["dataset"] == flag) & (trials["status"] == "ok")]
-    if t.empty:
-        return None
-    groups = list(t.groupby(["run", "family"], sort=True))
-    fig, axes = _grid(len(groups), w=4.4, h=3.2)
-    for ax, ((run, family), g) in zip(axes, groups, strict=True):
-        root = (run_dirs or {}).get(run)
-        default = max_epochs_of(root, family, g) if root else int(g["epochs_run"].max())
-        best_id = g.loc[pd.to_numeric(g["best_val_auc"]).idxmax(), "trial_id"]
-        n_stopped = 0
-        for r in g.itertuples():
-            hist = pd.DataFrame(_values(r.history))
-            if not {"epoch", "val_auc"} <= set(hist.columns):
-                continue
-            stopped = int(r.epochs_run or 0) < trial_budget(r.config, default)
-            n_stopped += stopped
-            if r.trial_id == best_id:
-                ax.plot(hist["epoch"], hist["val_auc"], color="k", lw=2.2, zorder=4,
-                        label=f"best trial ({r.best_val_auc:.3f})")
-            elif stopped:
-                ax.plot(hist["epoch"], hist["val_auc"], color="0.6", lw=0.9, alpha=0.8)
-                ax.plot(hist["epoch"].iloc[-1], hist["val_auc"].iloc[-1], "x", color="0.4",
-                        ms=5)
-            else:
-                ax.plot(hist["epoch"], hist["val_auc"], color="C0", lw=1.1, alpha=0.8)
-        ax.plot([], [], color="C0", label=f"full budget ({len(g) - n_stopped})")
-        ax.plot([], [], color="0.6", marker="x", label=f"stopped early ({n_stopped})")
-        name = family if trials["run"].nunique() == 1 else f"{run}: {family}"
-        ax.set(xlabel="epoch", ylabel="val AUC", title=f"{flag} / {name}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")  # "best" searches every line: slow
-    return _save(fig, path)
-
-
-def fig_importance(panels: list[tuple[str, dict[str, float], str]], flag: str,
-                   path: Path) -> Path | None:
-    """fANOVA importance of each searched hyperparameter, one panel per family."""
-    if not any(imp for _, imp, _ in panels):
-        return None
-    fig, axes = _grid(len(panels), w=4.8, h=3.6)
-    for ax, (name, imp, note) in zip(axes, panels, strict=True):
-        if not imp:
-            ax.text(0.5, 0.5, note or "too few trials", ha="center", va="center", fontsize=8,
-                    wrap=True)
-            ax.set_axis_off()
-            ax.set_title(name, fontsize=9)
-            continue
-        items = sorted(imp.items(), key=lambda kv: kv[1])[-10:]
-        ax.barh([k for k, _ in items], [v for _, v in items], color="C0")
-        ax.set(xlabel="importance (fANOVA, sums to 1)", xlim=(0, 1))
-        ax.set_title(f"{name}\n{note}", fontsize=8)
-        ax.tick_params(axis="y", labelsize=8)
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{flag}: which hyperparameters mattered", fontsize=10)
-    return _save(fig, path)
-
-
-def fig_parallel(panels: list[tuple[str, object, list[str]]], flag: str,
-                 path: Path) -> Path | None:
-    """Parallel coordinates of each family's trials (most important parameters, then the
-    value), coloured by val AUC at the equal budget."""
-    panels = [p for p in panels if p[1] is not None and p[2]]
-    if not panels:
-        return None
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.3 * len(panels)), squeeze=False,
-                             layout="constrained")
-    cmap = plt.get_cmap("viridis")
-    for ax, (name, study, params) in zip(axes[:, 0], panels, strict=True):
-        trials = study.get_trials(deepcopy=False)
-        vals = np.array([t.value for t in trials], float)
-        lo, hi = np.nanmin(vals), np.nanmax(vals)
-        axes_map = [(p, *numeric_axis(trials[0].distributions[p])) for p in params]
-        x = np.arange(len(params) + 1)
-        for t, v in sorted(zip(trials, vals, strict=True), key=lambda tv: tv[1]):
-            ys = [f(t.params[p]) if p in t.params else np.nan for p, f, _ in axes_map]
-            ys.append((v - lo) / ((hi - lo) or 1.0))
-            color = cmap((v - lo) / ((hi - lo) or 1.0))
-            ax.plot(x, ys, color=color, lw=1.2, alpha=0.85)
-        for i, (_name, _, ticks) in enumerate(axes_map):
-            ax.axvline(i, color="0.5", lw=0.8)
-            for pos, text in ticks:
-                ax.text(i + 0.03, pos, text, fontsize=6.5, va="center", color="0.25")
-        ax.axvline(len(params), color="0.5", lw=0.8)
-        ax.text(len(params) + 0.03, 0, f"{lo:.3f}", fontsize=6.5, va="center")
-        ax.text(len(params) + 0.03, 1, f"{hi:.3f}", fontsize=6.5, va="center")
-        ax.set_xticks(x, [*params, "val AUC"], rotation=20, ha="right", fontsize=8)
-        ax.set_yticks([])
-        ax.set_xlim(-0.2, len(params) + 0.5)
-        ax.set_title(name, fontsize=9)
-        for side in ("top", "right", "left"):
-            ax.spines[side].set_visible(False)
-    fig.suptitle(f"{flag}: hyperparameters of every trial (colour: val AUC)", fontsize=10)
-    return _save(fig, path)
-
-
 def _search_md(labels: dict[str, Path], trials: pd.DataFrame, flag: str,
                studies: dict[str, dict], figs: Path, rel: str) -> list[str]:
+    """One dataset's search: learning curves, hyperparameter importance (only for families with
+    at least MIN_IMPORTANCE_TRIALS trials; one sentence names the others) and parallel
+    coordinates (every family: they show the trials, they estimate nothing)."""
     out = [f"### {flag}", ""]
     curves = fig_learning_curves(trials, flag, figs / f"{flag}_learning_curves.png", labels)
     if curves:
         out += [f"![{flag} learning curves]({rel}/{curves.name})", ""]
-    imp_panels, par_panels, notes = [], [], []
+    imp_panels, par_panels, notes, few, none = [], [], [], [], []
     for run, by_name in studies.items():
         for name, study in sorted(by_name.items()):
             d, _, family = name.partition("__")
@@ -862,22 +536,37 @@ def _search_md(labels: dict[str, Path], trials: pd.DataFrame, flag: str,
             label = family if len(studies) == 1 else f"{run}: {family}"
             eq = equal_budget_study(study)
             if eq is None:
-                imp_panels.append((label, {}, "fewer than 2 finished trials"))
+                few.append(f"{label} (fewer than 2 finished trials)")
                 continue
             copy, rung = eq
-            try:
-                imp, why = param_importances(copy), "too few trials or nothing varied"
-            except (ValueError, RuntimeError) as e:  # fANOVA on degenerate data
-                imp, why = {}, f"importance not computable ({e})"
             n = len(copy.trials)
-            note = f"{n} trials, best val AUC by epoch {rung} (all reached it)"
-            imp_panels.append((label, imp, note if imp else why))
-            params = [k for k, _ in sorted(imp.items(), key=lambda kv: -kv[1])][:8]
+            imp: dict[str, float] = {}
+            if n < MIN_IMPORTANCE_TRIALS:
+                few.append(f"{label} ({n} trials)")
+            else:
+                try:
+                    imp = param_importances(copy)
+                except (ValueError, RuntimeError) as e:  # fANOVA on degenerate data
+                    none.append(f"{label} (not computable: {e})")
+                else:
+                    if not imp:
+                        none.append(f"{label} (no hyperparameter varied)")
+            if imp:
+                imp_panels.append((label, imp, f"{n} trials, best val AUC by epoch {rung} "
+                                                  "(all reached it)"))
+            params = ([k for k, _ in sorted(imp.items(), key=lambda kv: -kv[1])] if imp
+                      else sorted(copy.trials[0].distributions))[:8]
             par_panels.append((label, copy, params))
             notes.append(f"{label}: {n} trials compared at epoch {rung}")
     png = fig_importance(imp_panels, flag, figs / f"{flag}_importance.png")
     if png:
         out += [f"![{flag} hyperparameter importance]({rel}/{png.name})", ""]
+    if few:
+        out += [f"_No hyperparameter-importance plot for {', '.join(few)}: it is drawn from "
+                f"{MIN_IMPORTANCE_TRIALS} trials up, and fANOVA importances from fewer are "
+                "mostly noise._", ""]
+    if none:
+        out += [f"_No hyperparameter importance for {', '.join(none)}._", ""]
     png = fig_parallel(par_panels, flag, figs / f"{flag}_parallel.png")
     if png:
         out += [f"![{flag} parallel coordinates]({rel}/{png.name})", ""]
@@ -885,68 +574,54 @@ def _search_md(labels: dict[str, Path], trials: pd.DataFrame, flag: str,
         out += ["Importance (Optuna's fANOVA evaluator) and parallel coordinates compare every "
                 "finished trial at the epoch all of them reached (ASHA's first rung; the full "
                 "budget without ASHA), so stopped trials count at the budget they got: "
-                + "; ".join(notes) + ". With a handful of trials per family these importances "
-                "are rough.", ""]
+                + "; ".join(notes) + ".", ""]
     return out
 
 
-def _seconds(x: float, _pos=None) -> str:
-    """Compact seconds for log-axis ticks: 300, 1k, 20k."""
-    if x >= 1000:
-        return f"{x / 1000:g}k"
-    return f"{x:g}"
+def load_selection(paths: list[Path]) -> pd.DataFrame:
+    """All selection.parquet rows of the runs (the re-runs of the top search trials on more
+    seeds), with `run` (label); empty when no run had a selection phase."""
+    frames = [read_table(p / "selection.parquet").assign(run=label)
+              for p, label in zip(paths, run_labels(paths), strict=True)
+              if (p / "selection.parquet").is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=[*SELECTION_COLUMNS, "run"])
 
 
-def fig_cost(board: pd.DataFrame, path: Path) -> Path | None:
-    """Test ACC vs device-seconds (search + final) per dataset, with the Pareto front. Datasets
-    with a single entry have no trade-off to show and are left out (the caller says so)."""
-    flags = [f for f, g in board.groupby("dataset") if g["test_acc_mean"].notna().sum() > 1]
-    if not flags:
-        return None
-    labels = sorted({_label(r, board) for _, r in board.iterrows()})
-    color = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}  # same entry, same colour
-    fig, axes = _grid(len(flags))
-    for ax, flag in zip(axes, flags, strict=True):
-        b = board[board["dataset"] == flag].sort_values(["device_s", "test_acc_mean"],
-                                                         ascending=[True, False])
-        for _, r in b.iterrows():
-            lo, hi = r["acc_lo"], r["acc_hi"]
-            yerr = None if pd.isna(lo) else np.clip([[r["test_acc_mean"] - lo],
-                                                     [hi - r["test_acc_mean"]]], 0, None)
-            ax.errorbar(r["device_s"], r["test_acc_mean"], yerr=yerr, fmt="o", capsize=3,
-                        color=color[_label(r, board)], label=_label(r, board))
-        # on the front: no entry at most as costly is at least as accurate
-        v = b.dropna(subset=["test_acc_mean"])
-        front = v[v["test_acc_mean"] > v["test_acc_mean"].cummax().shift(fill_value=-1.0)]
-        ax.step(front["device_s"], front["test_acc_mean"], where="post", color="0.3", lw=1,
-                ls="--", marker="o", mfc="none", ms=12, label="Pareto front")
-        if b["device_s"].max() > 10 * max(b["device_s"].min(), 1e-9):
-            ax.set_xscale("log")
-            # labels only at 1-2-5 steps, at most ~5: the default also labels minor ticks
-            # when the axis spans about a decade, and they overlap
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=6))
-            ax.xaxis.set_major_formatter(FuncFormatter(_seconds))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(5))
-            ax.xaxis.set_major_formatter(FuncFormatter(_seconds))
-        ax.set(title=flag, xlabel="device-seconds (search + final)", ylabel="test ACC")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
-    return _save(fig, path)
+def entry_costs(board: pd.DataFrame, selection: pd.DataFrame | None) -> pd.Series:
+    """Device-seconds of each board entry with the selection re-runs of its families added
+    (the board's `device_s` counts search trials and final seeds only), failed re-runs too:
+    what it cost to arrive at the entry. Index as `board`."""
+    cost = pd.to_numeric(board["device_s"], errors="coerce").astype(float)
+    if selection is None or selection.empty:
+        return cost
+    spent = (selection.assign(device_s=pd.to_numeric(selection["device_s"], errors="coerce")
+                              .fillna(0.0))
+             .groupby(["run", "dataset", "family"])["device_s"].sum())
+    extra = [sum(float(spent.get((r["run"], r["dataset"], fam), 0.0))
+                 for fam in entry_weights(r)) for _, r in board.iterrows()]
+    return cost + np.asarray(extra, float)
 
 
-def _cost_md(board: pd.DataFrame, figs: Path, rel: str) -> list[str]:
+def _cost_md(board: pd.DataFrame, figs: Path, rel: str,
+             selection: pd.DataFrame | None = None) -> list[str]:
+    """Accuracy against what each entry cost, selection re-runs included, the pick marked."""
+    cost = entry_costs(board, selection)
     out = ["### Cost", ""]
-    png = fig_cost(board, figs / "cost.png")
+    png = fig_cost(board, figs / "cost.png", cost)
     if png:
-        out += [f"![accuracy vs cost]({rel}/{png.name})", ""]
-    single = [(f, g.iloc[0]) for f, g in board.groupby("dataset")
+        out += [f"![accuracy vs cost]({rel}/{png.name})", "",
+                "Device-seconds of each entry: its families' search trials, selection re-runs "
+                "and final seeds (an ensemble costs its members'). Bars: 95% CI of test ACC; "
+                "star: the picked entry (chosen on validation); dashed: the Pareto front; the "
+                "ACC axis spans at least 0.2.", ""]
+    trained = cost_entries(board)
+    single = [(f, g.index[0]) for f, g in trained.groupby("dataset")
               if g["test_acc_mean"].notna().sum() <= 1 and len(g)]
     if single:
         out += ["One entry only (no cost trade-off to plot): " + "; ".join(
-            f"{f}: {_label(r, board)}, {r['device_s']:.0f} device-s for test ACC "
-            f"{r['test_acc_mean']:.3f}" for f, r in single) + ".", ""]
+            f"{f}: {_label(board.loc[i], board)}, {cost.loc[i]:.0f} device-s for test ACC "
+            f"{board.loc[i, 'test_acc_mean']:.3f}" for f, i in single) + ".", ""]
     return out
 
 
@@ -1119,7 +794,7 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
                *_dataset_md(board, seeds, entry, figs, rel, data_dir)]
     md += _search_section(paths, trials, by_label, figs, rel)
     if not board.empty:
-        md += _cost_md(board, figs, rel)
+        md += _cost_md(board, figs, rel, load_selection(paths))
     md += _audit_md(seeds, figs, rel, data_dir)
     md += _runs_md(paths)
     return write_text(out_md, "\n".join(md).rstrip() + "\n")

@@ -14,7 +14,7 @@ import pytest
 from fake_run import labels, make_run, noisy_scores
 from typer.testing import CliRunner
 
-from bench import metrics
+from bench import figures, metrics
 from bench import report as rpt
 from bench.cli import app
 from bench.data import dataset_info
@@ -22,8 +22,10 @@ from bench.errors import UserError
 from bench.leaderboard import build_leaderboard
 from bench.report import write_report
 
-PER_DATASET = ("vs_published", "seeds", "roc_pr", "calibration", "confusion", "misclassified",
-               "learning_curves", "importance", "parallel")
+# no importance plot (3 trials per family) and no critical-difference diagram (2 datasets):
+# bench.figures draws those only from MIN_IMPORTANCE_TRIALS trials / MIN_CD_DATASETS datasets up
+PER_DATASET = ("vs_published", "forest", "seeds", "roc_pr", "calibration", "confusion",
+               "misclassified", "learning_curves", "parallel")
 
 
 def _data_matching_fake_labels(folder: Path) -> Path:
@@ -59,7 +61,7 @@ def test_report_writes_markdown_and_figures(report):
     figs = report.parent / "demo_figures"
     pngs = sorted(p.name for p in figs.iterdir())
     assert pngs == sorted([
-        "cost.png", "trials_progress.png", "critical_difference.png",
+        "cost.png", "trials_progress.png",
         *(f"{f}_{kind}.png" for f in ("breastmnist", "retinamnist") for kind in PER_DATASET)])
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert sorted(Path(x).name for x in linked) == pngs  # every PNG linked, once
@@ -74,7 +76,9 @@ def test_report_contents_and_order(report):
     for text in ("## Runs", "medbench run --name run-a", "spec.yaml", "## Leaderboard",
                  "### breastmnist (binary-class)", "## Across datasets", "| run-b |",
                  "Picked entry:", "| 0 | malignant |", "doi:10.1038/s41597-022-01721-8",
-                 "ECE", "Friedman p", "†", "studies.db", "| val true | val predicted |"):
+                 "ECE", "No critical-difference diagram: 2 datasets", "†",
+                 "No hyperparameter-importance plot for run-a: cnn (3 trials)", "studies.db",
+                 "| val true | val predicted |"):
         assert text in md, text
     heads = [f"\n{h}\n" for h in ("## Results", "## Leaderboard", "## Across datasets",
                                     "## breastmnist", "## Search", "## Runs")]
@@ -170,8 +174,8 @@ def test_critical_difference_ranks_on_a_constructed_table():
     assert res["friedman_p"] == pytest.approx(friedmanchisquare(*table.T.to_numpy()).pvalue)
     # Demsar (2006), Table 5a: q_0.05 = 2.343 for k = 3
     assert res["cd"] == pytest.approx(2.343 * np.sqrt(3 * 4 / (6 * 3)), abs=2e-3)
-    assert rpt._cliques(ranks, res["cd"]) == [(ranks["B"], ranks["C"])]  # none separable
-    assert rpt._cliques(ranks, 0.5) == [(ranks["B"], ranks["A"])]
+    assert figures._cliques(ranks, res["cd"]) == [(ranks["B"], ranks["C"])]  # none separable
+    assert figures._cliques(ranks, 0.5) == [(ranks["B"], ranks["A"])]
 
 
 def test_cd_table_keeps_competitors_present_on_every_dataset(tmp_path):
@@ -187,15 +191,15 @@ def test_search_history_in_finish_order_not_row_order():
     trials = pd.DataFrame({"best_val_auc": [0.9, 0.5, 0.7, None],
                            "finished_at": [30.0, 10.0, 20.0, 25.0]})
     # finish order: 0.5, 0.7, (failed), 0.9 -- row order would claim 0.9 from the first trial
-    np.testing.assert_allclose(rpt.best_so_far(trials), [0.5, 0.7, 0.7, 0.9])
+    np.testing.assert_allclose(figures.best_so_far(trials), [0.5, 0.7, 0.7, 0.9])
     old = trials.drop(columns="finished_at")  # a run made before finish times were recorded
-    np.testing.assert_allclose(rpt.best_so_far(old), [0.9, 0.9, 0.9, 0.9])
+    np.testing.assert_allclose(figures.best_so_far(old), [0.9, 0.9, 0.9, 0.9])
 
 
 def test_cost_figure_one_entry_gives_a_sentence_not_a_dot(tmp_path):
     board = build_leaderboard([make_run(tmp_path, "run-a", strengths={"cnn": 3.0})], n_boot=50)
     board = board[board["family"] == "cnn"]
-    assert rpt.fig_cost(board, tmp_path / "cost.png") is None
+    assert figures.fig_cost(board, tmp_path / "cost.png") is None
     text = "\n".join(rpt._cost_md(board, tmp_path, "figs"))
     assert "One entry only" in text and "cost.png" not in text
 
@@ -205,8 +209,8 @@ def test_cost_log_axis_labels_do_not_overlap(tmp_path, monkeypatch):
     board = board[board["dataset"] == "retinamnist"].copy()
     board["device_s"] = np.geomspace(140, 2600, len(board))  # ~1.3 decades, as RetinaMNIST
     kept = {}
-    monkeypatch.setattr(rpt, "_save", lambda fig, path: kept.setdefault("fig", fig) and path)
-    rpt.fig_cost(board, tmp_path / "cost.png")
+    monkeypatch.setattr(figures, "_save", lambda fig, path: kept.setdefault("fig", fig) and path)
+    figures.fig_cost(board, tmp_path / "cost.png")
     fig = kept["fig"]
     fig.canvas.draw()
     ax = fig.axes[0]
