@@ -551,10 +551,13 @@ def report(
                                                   "test images (default as `run`)")] = None,
 ) -> None:
     """Markdown report with PNG figures from one or more run directories."""
+    from bench.provenance import command_line
     from bench.report import write_report
 
     out = out or Path(run_dirs[0]) / "report.md"
-    typer.echo(f"report: {write_report(run_dirs, out, n_boot=n_boot, data_dir=data_dir)}")
+    written = write_report(run_dirs, out, n_boot=n_boot, data_dir=data_dir,
+                           report_command=command_line(sys.argv))
+    typer.echo(f"report: {written}")
 
 
 @app.command()

@@ -25,6 +25,7 @@ import pandas as pd
 from bench import metrics
 from bench.baselines import load_published
 from bench.errors import UserError
+from bench.export import write_entry_predictions
 from bench.figures import (
     METRICS,
     MIN_CD_DATASETS,
@@ -46,6 +47,7 @@ from bench.figures import (
     fig_vs_published,
 )
 from bench.figures import entry_label as _label
+from bench.headline import exploratory_md, results_md
 from bench.leaderboard import (
     RunDirs,
     as_paths,
@@ -65,8 +67,8 @@ from bench.leaderboard import (
     read_meta,
     run_labels,
     summarize,
-    verdict,
 )
+from bench.provenance import reproduce_md, rules_md, statistics_md
 from bench.results import SELECTION_COLUMNS, read_table, write_text
 from bench.studies import (
     STUDIES_FILE,
@@ -627,77 +629,27 @@ def _cost_md(board: pd.DataFrame, figs: Path, rel: str,
 
 # --- text sections -------------------------------------------------------------------------------
 
-def _verdicts(r: pd.Series, which: str) -> str:
-    cells = []
-    for m in ("acc", "auc"):
-        v = r[f"verdict_{m}_vs_{which}"]
-        val = r[f"ref_{m}"] if which == "resnet18" else r[f"best_{m}"]
-        if pd.isna(val):
-            cells.append(f"{m.upper()} -")
-            continue
-        v = f"**{v}**" if v in ("above", "below") else v
-        # the best published ACC and AUC can come from different methods: name each one
-        who = f" ({r[f'best_{m}_method']} {val:.3f})" if which == "best" else ""
-        cells.append(f"{m.upper()}{who} {r[f'delta_{m}_vs_{which}']:+.3f} {v}")
-    return " · ".join(cells)
+def test_sizes(seeds: pd.DataFrame) -> dict[str, int]:
+    """Test images per dataset, from any seed's scores.npz."""
+    out: dict[str, int] = {}
+    for r in seeds[seeds["status"] == "ok"].itertuples():
+        if r.dataset not in out and (s := load_scores(r.root, r.run_dir)) is not None:
+            out[str(r.dataset)] = len(s["test_labels"])
+    return out
 
 
-def _headline_md(board: pd.DataFrame, picked: pd.DataFrame) -> list[str]:
-    """One row per dataset: the picked entry and what it says against the published numbers."""
-    if picked.empty:
-        return ["_No successful final runs: nothing to report._", ""]
-    out = ["Per dataset, the entry the run picks by **validation** score ((AUC + ACC) / 2 of "
-           "an ensemble's averaged probabilities, or over a lone model's seeds; a family's "
-           "seeds compete as their ensemble; test never chooses), "
-           "its test numbers over fresh seeds (mean ± std [95% bootstrap CI]), and the verdict "
-           "against the published ResNet-18 reference and the best published method "
-           "(difference, then **above**/**below** only when the CI excludes it).", "",
-           "| dataset | picked entry | seeds | test ACC | test AUC | vs reference | "
-           "vs best published |", "|---|---|---|---|---|---|---|"]
-    for _, r in picked.iterrows():
-        cells = []
-        for m in ("acc", "auc"):
-            mean, std, lo, hi = (r[f"test_{m}_mean"], r[f"test_{m}_std"], r[f"{m}_lo"],
-                                 r[f"{m}_hi"])
-            c = f"{mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}")
-            cells.append(c if pd.isna(lo) else f"{c} [{lo:.3f}, {hi:.3f}]")
-        versus = ([f"{r['ref_method']}: {_verdicts(r, 'resnet18')}", _verdicts(r, "best")]
-                  if official_row(r) else ["not the official files: none", "-"])
-        out.append(f"| {r['dataset']} | {_label(r, board)} (val {r['val_score']:.3f}) | "
-                   f"{r['n_seeds']} | {cells[0]} | {cells[1]} | {versus[0]} | {versus[1]} |")
-    return [*out, ""]
+def context_probabilities(board: pd.DataFrame, seeds: pd.DataFrame,
+                          data_dir: str | Path | None) -> dict[tuple[str, str], np.ndarray]:
+    """The test probabilities of the board's context rows (majority class, prior shift),
+    recomputed (cheap) for the predictions export: (dataset, entry) -> array."""
+    from bench.leaderboard import context_entries
 
-
-def _versus_published_md(picked: pd.DataFrame) -> list[str]:
-    """Per dataset on the official files: the picked entry's cost and its test numbers against
-    every published method of a comparable size, each difference with the CI rule's verdict
-    (the headline names only the reference and the best)."""
-    published, out = load_published(), []
-    for _, r in picked.iterrows():
-        cand, _, _ = comparable_baselines(published, r["dataset"], int(r["size"]),
-                                          official_row(r))
-        if cand.empty:
-            continue
-        wall = r.get("run_wall_s")
-        out += [f"**{r['dataset']}**: {r['family']}; {int(r['trials'])} search trials, "
-                f"{r['device_s']:.0f} device-s" + ("" if pd.isna(wall) else
-                                                   f"; the whole run {wall / 60:.1f} min wall"),
-                "", "| published method | ACC | AUC | ACC: ours − published | "
-                "AUC: ours − published |", "|---|---|---|---|---|"]
-        for _, p in cand.iterrows():
-            cells = []
-            for m in ("acc", "auc"):
-                v = verdict(r[f"{m}_lo"], r[f"{m}_hi"], float(p[m]))
-                v = f"**{v}**" if v in ("above", "below") else v
-                cells.append(f"{r[f'test_{m}_mean'] - float(p[m]):+.3f} {v}")
-            out.append(f"| {p['method']} | {float(p['acc']):.3f} | {float(p['auc']):.3f} | "
-                       f"{cells[0]} | {cells[1]} |")
-        out.append("")
-    if not out:
-        return []
-    return ["### The picked entry against every published method", "",
-            "Ours minus the published mean; **above**/**below** only when our 95% CI excludes "
-            "the published number.", "", *out]
+    if board.empty or "kind" not in board or not board["kind"].isin(
+            ["baseline", "prior-shift"]).any():
+        return {}
+    core = board[board["kind"].isin(["single", "ensemble", "reference"])]
+    return {(str(r["dataset"]), str(r["family"])): probs
+            for r, probs in context_entries(core, seeds, data_dir, n_boot=10)}
 
 
 def _runs_md(paths: list[Path]) -> list[str]:
@@ -768,7 +720,8 @@ def write_search_report(paths: list[Path], out_md: Path) -> Path:
 
 
 def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
-                 data_dir: str | Path | None = None, board: pd.DataFrame | None = None) -> Path:
+                 data_dir: str | Path | None = None, board: pd.DataFrame | None = None,
+                 report_command: str | None = None) -> Path:
     """Write the markdown report and its figures; returns the markdown path. Also (re)writes
     each run's studies.db. `data_dir` locates the test images for the misclassified figure;
     `board`: the runs' leaderboard when the caller already built it (its bootstrap is the
@@ -776,18 +729,27 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
     paths, out_md = as_paths(run_dirs), Path(out_md)
     if paths and board is None and all(is_search_only(p) for p in paths):
         return write_search_report(paths, out_md)
-    board = build_leaderboard(paths, n_boot=n_boot) if board is None else board
+    data_dir = _data_dir(paths, data_dir)
+    board = build_leaderboard(paths, n_boot=n_boot, data_dir=data_dir) if board is None \
+        else board
     seeds, trials = load_seeds(paths), load_trials(paths)
     by_label = dict(zip(run_labels(paths), paths, strict=True))  # the leaderboard's labels
     figs = out_md.parent / f"{out_md.stem}_figures"
     figs.mkdir(parents=True, exist_ok=True)
     rel = figs.name
     picked = picked_entries(board)
-    data_dir = _data_dir(paths, data_dir)
+    n_test = test_sizes(seeds)
+    preds = out_md.parent / f"{out_md.stem}_predictions"
+    written = write_entry_predictions(board, seeds, preds, context_probabilities(board, seeds,
+                                                                                 data_dir))
     md = ["# MedMNIST-Bench report", "",
           "Published numbers: MedMNIST v2 (Yang et al., Scientific Data 10:41, 2023, "
-          "doi:10.1038/s41597-022-01721-8).", "",
-          "## Results", "", *_headline_md(board, picked), *_versus_published_md(picked),
+          "doi:10.1038/s41597-022-01721-8, Tables 3-4).", "",
+          "## Results", "", *results_md(board, n_test), *exploratory_md(board),
+          *(["Per-image test probabilities of every entry, in MedMNIST's evaluator format "
+             f"(re-score them with `medmnist.Evaluator`): `{preds.name}/` ({len(written)} "
+             "files).", ""] if written else []),
+          *rules_md(board), *statistics_md(board, n_test, n_boot),
           "## Leaderboard", "", format_board(board, "md"), *_across_md(board, figs, rel)]
     for _, entry in picked.iterrows():
         md += [f"## {entry['dataset']}", "",
@@ -796,5 +758,6 @@ def write_report(run_dirs: RunDirs, out_md: Path, n_boot: int = 1000,
     if not board.empty:
         md += _cost_md(board, figs, rel, load_selection(paths))
     md += _audit_md(seeds, figs, rel, data_dir)
+    md += reproduce_md(paths, report_command)
     md += _runs_md(paths)
     return write_text(out_md, "\n".join(md).rstrip() + "\n")

@@ -272,18 +272,6 @@ def test_report_defaults_to_the_run_directory(tmp_path):
     assert (run / "report.md").is_file() and (run / "studies.db").is_file()
 
 
-def test_headline_names_the_best_published_method_of_each_metric():
-    """AdrenalMNIST3D's best published ACC (auto-sklearn) and AUC (ResNet-18+ACS) come from
-    different methods: each verdict names its own, not the AUC method for both."""
-    row = pd.Series({"verdict_acc_vs_best": "within noise", "verdict_auc_vs_best": "above",
-                     "best_acc": 0.802, "best_auc": 0.839, "best_acc_method": "auto-sklearn",
-                     "best_auc_method": "ResNet-18+ACS", "delta_acc_vs_best": 0.0,
-                     "delta_auc_vs_best": 0.033})
-    text = rpt._verdicts(row, "best")
-    assert text == ("ACC (auto-sklearn 0.802) +0.000 within noise · "
-                    "AUC (ResNet-18+ACS 0.839) +0.033 **above**")
-
-
 def _mix_scores(test_pred_pos: float) -> dict[str, np.ndarray]:
     """Binary scores: validation 100 images (75 positive), each predicted right; test 100
     images (60 positive) of which `test_pred_pos` are called positive (negatives first)."""
@@ -318,17 +306,19 @@ def test_class_mix_names_a_test_split_shift_and_only_then():
 
 def test_picked_entry_is_set_against_every_published_method_and_only_on_official_files():
     """One line per comparable published method (all seven 28 px rows of BreastMNIST), each
-    difference and verdict by the CI rule; a run on non-official files gets no such table."""
+    difference with our CI shifted by it; only the declared reference is named as such and no
+    line carries a verdict (they are exploratory); non-official files get no such table."""
+    from bench.headline import exploratory_md
+
     row = {"dataset": "breastmnist", "family": "cnn_small ×3 ens", "size": 28, "trials": 18,
-           "device_s": 607.0, "run_wall_s": 1452.0, "official_data": True,
+           "device_s": 607.0, "run_wall_s": 1452.0, "official_data": True, "picked": True,
            "test_acc_mean": 0.897, "acc_lo": 0.846, "acc_hi": 0.942,
            "test_auc_mean": 0.914, "auc_lo": 0.848, "auc_hi": 0.964}
-    lines = rpt._versus_published_md(pd.DataFrame([row]))
+    lines = exploratory_md(pd.DataFrame([row]))
     table = [ln for ln in lines if ln.startswith("| ") and "published method" not in ln]
     assert len(table) == 7
-    assert "| auto-sklearn | 0.803 | 0.836 | +0.094 **above** | +0.078 **above** |" in table
-    assert "| Google AutoML Vision | 0.861 | 0.919 | +0.036 within noise | -0.005 within noise |" \
-        in table
-    assert any("18 search trials, 607 device-s; the whole run 24.2 min wall" in ln
-               for ln in lines)
-    assert rpt._versus_published_md(pd.DataFrame([{**row, "official_data": False}])) == []
+    assert ("| auto-sklearn | 0.803 | 0.836 | +0.094 [+0.043, +0.139] | "
+            "+0.078 [+0.012, +0.128] |") in table
+    assert any(ln.startswith("| ResNet-18 (28) (declared reference) |") for ln in table)
+    assert not any("above" in ln or "below" in ln for ln in table)
+    assert exploratory_md(pd.DataFrame([{**row, "official_data": False}])) == []
