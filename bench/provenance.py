@@ -23,7 +23,8 @@ from bench.leaderboard import official_row, read_meta
 # that a person who had seen test numbers chose them, so the official-split headline is not a
 # clean held-out estimate. The re-split check below is.
 TEST_SHAPED_RULES = (
-    ("selection re-runs", "the top trials of each family are re-trained on 2 more seeds and "
+    ("selection re-runs", "the top trials of each family are re-trained on more seeds (the spec's "
+     "`selection`) and "
      "chosen by their mean validation score (bench/selection.py)"),
     ("quick fidelity", "trials train for a number of images seen (40,000), not epochs, and "
      "final seeds train as long as a trial (bench/budget.py, quick.yaml)"),
