@@ -61,6 +61,7 @@ def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[s
                 f"- commit `{meta.get('git_commit') or 'unknown'}`; mode: {mode}",
                 f"- hardware: {cpu}" + (f", GPUs: {', '.join(gpus)}" if gpus else ", no GPU")
                 + f"; wall time {_minutes(meta.get('wall_s'))}"
+                + (" (of its last resume only)" if meta.get("resumed") else "")
                 + (f", finished {meta['finished_at']}" if meta.get("finished_at") else "")]
         files = meta.get("data_files") or {}
         official = meta.get("official_data") or {}
