@@ -35,9 +35,15 @@ def _with_ci(r: pd.Series, m: str) -> str:
     return s if pd.isna(lo) else f"{s} [{lo:.3f}, {hi:.3f}]"
 
 
-def _task_column(task: str) -> str:
+def _task_column(task: str, flag: str) -> str:
+    """Binary: recall of class 1 / class 0, named, since 'sensitivity' is the recall of class 1
+    whichever class is the disease (BreastMNIST's class 1 is normal/benign, its class 0
+    malignant)."""
     if task == metrics.BINARY:
-        return "sensitivity / specificity"
+        import medmnist
+
+        names = medmnist.INFO[flag]["label"]
+        return (f"sensitivity / specificity (recall of {names['1']} / of {names['0']})")
     if task == "ordinal-regression":
         return "QWK"
     return "lowest class recall"
@@ -96,7 +102,7 @@ def results_md(board: pd.DataFrame, n_test: dict[str, int]) -> list[str]:
         n = n_test.get(flag)
         head = f"### {flag} ({task}" + (f", {n} test images" if n else "") + ")"
         cols = ["entry", "test ACC [95% CI]", "test AUC [95% CI]", "balanced ACC",
-                _task_column(task), "ACC, val-tuned threshold", "leakage-free ACC / AUC"]
+                _task_column(task, str(flag)), "ACC, val-tuned threshold", "leakage-free ACC / AUC"]
         out += [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in _rows_of(g):
             out.append("| " + " | ".join([
