@@ -171,17 +171,17 @@ def calibrate(spec: Spec, threads: int, device: str = "cpu", refresh: bool = Fal
         cache = {}
     machine = _machine()
     mine = cache.setdefault(machine, {})
-    out, changed = {}, False
+    out = {}
     for flag, family in families or spec.pairs():
         key = _key(family, flag, spec.size, threads, device)
         if key not in mine:
             mine[key] = {**measure(spec, family, flag, threads, device),
                          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            changed = True
+            # kept at once (a long calibration stopped halfway keeps what it measured); a
+            # read-only home: the rates were measured, just not kept
+            with contextlib.suppress(OSError):
+                write_json(path, cache)
         out[key] = mine[key]
-    if changed:  # a read-only home: the rates were measured, just not kept
-        with contextlib.suppress(OSError):
-            write_json(path, cache)
     return out
 
 
