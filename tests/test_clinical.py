@@ -150,7 +150,7 @@ def test_majority_comes_from_train_not_test() -> None:
         majority_scores(np.array([[0], [5]]), 3, MC, 4)
 
 
-# (flag, task, published fact from /work/shared/anchors/medmnist_datasets.csv)
+# (flag, task, published fact from ../shared/anchors/medmnist_datasets.csv)
 MAJORITY_FACTS = [("breastmnist", BIN, 0.731), ("pneumoniamnist", BIN, 0.625),
                   ("vesselmnist3d", BIN, 0.887), ("adrenalmnist3d", BIN, 0.768)]
 
