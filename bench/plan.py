@@ -161,7 +161,8 @@ def training_flops_per_image(family: str, data) -> float:
 def calibrate(spec: Spec, threads: int, device: str = "cpu", refresh: bool = False,
               families: list[tuple[str, str]] | None = None) -> dict[str, dict[str, float]]:
     """Training rates of every (family, dataset shape) the spec trains, measured here (cached
-    per machine, threads and device; `refresh` measures again)."""
+    per machine, threads and device; `refresh` measures again). A family that fails to train
+    gets `{"error": ...}` instead (not cached): its trials would fail the same way."""
     from bench.results import write_json
 
     path = _cache_file()
@@ -174,14 +175,19 @@ def calibrate(spec: Spec, threads: int, device: str = "cpu", refresh: bool = Fal
     out = {}
     for flag, family in families or spec.pairs():
         key = _key(family, flag, spec.size, threads, device)
-        if key not in mine:
-            mine[key] = {**measure(spec, family, flag, threads, device),
-                         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            # kept at once (a long calibration stopped halfway keeps what it measured); a
-            # read-only home: the rates were measured, just not kept
-            with contextlib.suppress(OSError):
-                write_json(path, cache)
-        out[key] = mine[key]
+        if key in mine:
+            out[key] = mine[key]
+            continue
+        try:
+            rate = measure(spec, family, flag, threads, device)
+        except Exception as e:  # noqa: BLE001 - the plan says which family cannot train
+            out[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            continue
+        mine[key] = out[key] = {**rate, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # kept at once (a long calibration stopped halfway keeps what it measured); a
+        # read-only home: the rates were measured, just not kept
+        with contextlib.suppress(OSError):
+            write_json(path, cache)
     return out
 
 
@@ -263,6 +269,9 @@ def plan_dataset(spec: Spec, flag: str, p: Profile, slots: int) -> list[dict[str
     budgeted = bool(spec.budget_s) and not getattr(spec, "deterministic", False)
     rows: dict[str, dict[str, Any]] = {}
     demand = {}
+    broken = {f: p.rates[_key(f, flag, spec.size, p.threads, p.device)].get("error")
+              for f in fams}
+    fams = [f for f in fams if not broken[f]]
     for f in fams:
         epochs = spec.trial_epochs(f, n_train)
         b = spec.budget(f)
@@ -307,6 +316,10 @@ def plan_dataset(spec: Spec, flag: str, p: Profile, slots: int) -> list[dict[str
                  images=round(n_train * (n * r["search_epochs"] + reruns * r["trial_epochs"]
                                          + n_final * r["final_epochs"])))
         out.append(r)
+    out += [{"dataset": flag, "family": f, "error": err, "trial_epochs": spec.trial_epochs(
+                f, n_train), "trial_images": spec.trial_epochs(f, n_train) * n_train,
+             "trials": 0, "reruns": 0, "final_seeds": 0, "search_device_s": 0.0,
+             "device_s": 0.0, "images": 0} for f, err in broken.items() if err]
     return out
 
 
@@ -360,7 +373,8 @@ def make_plan(spec: Spec, workers: int | None = None, refresh: bool = False) -> 
         "budget_s_per_dataset": spec.budget_s or None, "slots": slots,
         "machine": {"cpus": node["CPU"], "gpus": node["GPU"], "per_trial": describe(res),
                     "trial_slots": here_slots, "platform": platform.machine()},
-        "rates": {k: {kk: v[kk] for kk in ("train_ips", "flops_per_image", "batch_size")}
+        "rates": {k: v if "error" in v else
+                  {kk: v[kk] for kk in ("train_ips", "flops_per_image", "batch_size")}
                   for k, v in rates.items()},
         "assumptions": {"eval_speedup": EVAL_SPEEDUP, "trial_overhead_s": TRIAL_OVERHEAD_S,
                         "a100_resnet50_img_s": A100_RESNET50_IMG_S,
@@ -410,10 +424,12 @@ def summary_line(plan: dict[str, Any]) -> str:
     more = sum(r["reruns"] + r["final_seeds"] for r in rows)
     det = ", ".join(f"{f} {d['min_detectable_acc_diff']:.3f}"
                     for f, d in plan["detectable"].items())
+    broken = sorted({f"{r['family']} ({r['error']})" for r in rows if r.get("error")})
     return (f"plan: ~{trials:.0f} search trials + {more} re-runs/final seeds, "
             f"~{here['device_s']:,.0f} {here['unit']}-s here (~{_dur(here['wall_s'])} on "
-            f"{plan['slots']} trial slots); smallest detectable ACC difference: {det} "
-            "(`medbench plan` for details)")
+            f"{plan['slots']} trial slots); smallest detectable ACC difference: {det}"
+            + (f"; CANNOT TRAIN here: {'; '.join(broken)}" if broken else "")
+            + " (`medbench plan` for details)")
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -435,6 +451,10 @@ def format_plan(plan: dict[str, Any]) -> str:
            for g in gpus}
     for r in here["rows"]:
         k = (r["dataset"], r["family"])
+        if r.get("error"):
+            lines.append(f"{r['dataset']:<15}{r['family']:<13}{_n(r['trial_images']):>13}  "
+                         f"cannot train here: {r['error']}")
+            continue
         lines.append(f"{r['dataset']:<15}{r['family']:<13}{_n(r['trial_images']):>13}"
                      f"{r['trials']:>8.0f}{r['reruns']:>8}{r['final_seeds']:>6}"
                      f"{_n(r['images']):>9}{r['device_s']:>10,.0f}"

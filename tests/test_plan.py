@@ -124,3 +124,26 @@ def test_plan_command_text_and_json(monkeypatch, capsys) -> None:
     code, _, err = run_main(monkeypatch, capsys, "plan", "--preset", "smoke",
                             "--gpus-per-trial", "1.5")
     assert code == 2 and "--gpus-per-trial 1.5" in err
+
+
+def test_a_family_that_cannot_train_is_named_not_fatal(fixed_rates, monkeypatch) -> None:
+    from bench.plan import format_plan, summary_line
+
+    good = planmod.measure
+
+    def broken(spec, family, flag, threads, device):
+        if family == "cnn_small":
+            raise RuntimeError("required rank 5 tensor to use channels_last_3d format")
+        return good(spec, family, flag, threads, device)
+
+    monkeypatch.setattr(planmod, "measure", broken)
+    p = make_plan(_spec(), workers=2)
+    rows = {r["family"]: r for r in p["profiles"]["this machine"]["rows"]}
+    assert rows["cnn_small"]["error"].startswith("RuntimeError: required rank 5")
+    assert rows["cnn_small"]["device_s"] == 0 and rows["mlp"]["device_s"] > 0
+    assert "CANNOT TRAIN here: cnn_small (RuntimeError" in summary_line(p)
+    assert "cannot train here: RuntimeError" in format_plan(p)
+    # not cached: the next plan measures it again
+    monkeypatch.setattr(planmod, "measure", good)
+    again = make_plan(_spec(), workers=2)
+    assert not any(r.get("error") for r in again["profiles"]["this machine"]["rows"])
