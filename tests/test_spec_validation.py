@@ -150,6 +150,12 @@ BROKEN = [
     ("portfolio", 21, "portfolio is how many start configurations"),
     ("name", "../x", "run name '../x' must be"),
     ("num_sample", 3, "unknown key(s) num_sample"),
+    ("deterministic", "yes", "deterministic must be true or false"),
+    ("fixed_trials", {"mlp": 0}, "fixed_trials must map families to a trial count >= 1"),
+    ("fixed_trials", {"mlp": 2.5}, "fixed_trials must map families to a trial count >= 1"),
+    ("fixed_trials", {"nosuchnet": 3}, "fixed_trials names unknown family 'nosuchnet'"),
+    ("reference_seeds", 21, "reference_seeds is how many final seeds"),
+    ("reference_seeds", True, "reference_seeds is how many final seeds"),
 ]
 
 

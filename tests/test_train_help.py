@@ -50,7 +50,7 @@ def test_options_left_out_leave_preset_and_config_values(monkeypatch, capsys, tm
         raise UserError("stop before loading data")
 
     monkeypatch.setattr(TrainConfig, "from_dict", classmethod(recording))
-    monkeypatch.setattr("bench.data.load_dataset", stop)
+    monkeypatch.setattr("bench.data.load_arrays", stop)
     config = tmp_path / "train.yaml"
     config.write_text("model: mlp\nepochs: 3\nlr: 0.01\nbatch_size: 16\n")
     code, _, err = run_main(monkeypatch, capsys, "train", "--preset", "official", "--config",
