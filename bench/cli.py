@@ -193,10 +193,13 @@ def train(
 def check_writable(out: Path) -> None:
     """Create `out` (or find it) and write and remove a probe file in it: one clear line now
     (read-only file system, no permission, a file in the way) instead of an error after
-    training."""
+    training. Folders made for the probe are removed again, so a later bad input leaves the
+    disk as it was."""
+    import contextlib
     import os
     import tempfile
 
+    made = [p for p in [Path(out), *Path(out).parents] if not p.exists()]
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".medbench-probe-", dir=out)
@@ -205,6 +208,10 @@ def check_writable(out: Path) -> None:
     except OSError as e:
         raise UserError(f"--out {out} is not writable ({e.strerror or e}); choose another "
                         "--out") from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _train_one(conf, data, out: Path):
@@ -436,9 +443,8 @@ def _experiment(opts: ExperimentOptions, final_seeds: int | None = None, final: 
     if final:
         typer.echo(plan_line(spec))
     run_dir = opts.out or Path("runs") / spec.name
-    meta = execute(spec, run_dir, storage=opts.storage, address=opts.address,
-                   data_dir=opts.data_dir, wandb=opts.wandb, final=final, echo=typer.echo)
-    if final:
+
+    def publish_locked(meta: dict) -> None:  # runs while execute still holds the run's lock
         from bench.experiment import publish
 
         typer.echo(final_table(run_dir.resolve()))
@@ -446,6 +452,10 @@ def _experiment(opts: ExperimentOptions, final_seeds: int | None = None, final: 
                                    data_dir=opts.data_dir)
         typer.echo(board)
         typer.echo(f"report: {report_md}")
+
+    meta = execute(spec, run_dir, storage=opts.storage, address=opts.address,
+                   data_dir=opts.data_dir, wandb=opts.wandb, final=final, echo=typer.echo,
+                   then=publish_locked if final else None)
     typer.echo(f"run directory: {run_dir}")
     if meta.get("problems"):  # results so far are written; the exit code says it failed
         from bench.errors import RunFailure
@@ -653,20 +663,16 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
 def os_error_text(e: OSError) -> str:
     """What failed, where, and the space left there (writes are atomic: the file being written
     was left as it was before)."""
+    import contextlib
     import errno
-    import shutil
 
-    where = e.filename or "?"
-    text = f"{e.strerror or e}: {where}"
+    text = f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        folder = Path(str(where)).parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        try:
-            free = shutil.disk_usage(folder).free / 2**20
-            text += f" ({free:.0f} MiB free on that file system)"
-        except OSError:
-            pass
+        if e.filename:  # the file system that is full, not the current directory's
+            from bench.experiment import space_text
+
+            with contextlib.suppress(OSError):
+                text += f" ({space_text(e.filename)})"
         text += "; free some space and re-run the same command to resume"
     return text + "; earlier results were left intact"
 

@@ -149,8 +149,11 @@ def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
 
 def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: str | None = None,
             data_dir: str | Path | None = None, wandb: bool = True, final: bool = True,
-            num_cpus: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Search (+ final phase) into run_dir; returns meta. Bad input fails before Ray starts."""
+            num_cpus: int | None = None, echo: Callable[[str], None] = print,
+            then: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Search (+ final phase) into run_dir; returns meta. Bad input fails before Ray starts.
+    The run directory stays locked until `then(meta)` (the leaderboard and report of
+    `medbench run`) has returned too, so a second driver never sees a half-published run."""
     from bench.data import file_status, load_arrays
     from bench.preflight import check_local_capacity, check_splits, is_local, wait_for_capacity
     from bench.search import init_ray, search
@@ -173,50 +176,152 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
         init_ray(address)  # an unreachable cluster is reported before the run dir is made
     resumed = prepare_run_dir(run_dir, spec)
     locks = lock_run(run_dir, storage)  # a second driver on this run refuses (bench/runlock.py)
-    echo(f"{'resuming' if resumed else 'starting'} {spec.name}: {len(spec.pairs())} experiments "
-         f"({', '.join(spec.datasets)} x {', '.join(spec.families)}), {spec.num_samples} "
-         f"trials each -> {run_dir}")
-    init_ray(address, num_cpus)
-    # a cluster may lack a node big enough for a trial until an autoscaler adds one
-    wait_for_capacity(spec, echo, timeout_s=0 if is_local(address) else None)
-    tracker = Tracker.from_env(wandb, spec.project, run_dir, experiment=spec.name)
-    t0 = time.time()
-    tables = search(spec, run_dir, storage, arrays, tracker, echo, final=final)
-    trials, finals = tables["trials"], tables["final"]
-    write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
-    if tables["selection"]:
-        write_table(run_dir / "selection.parquet", tables["selection"], SELECTION_COLUMNS)
-    if final:
-        write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
-    from bench.search import resolve_resources, trial_slots
+    try:
+        echo(f"{'resuming' if resumed else 'starting'} {spec.name}: {len(spec.pairs())} "
+             f"experiments ({', '.join(spec.datasets)} x {', '.join(spec.families)}), "
+             f"{spec.num_samples} trials each -> {run_dir}")
+        init_ray(address, num_cpus)
+        if is_local(address):  # its agents would outlive a SIGKILLed driver by a minute
+            from bench.runlock import reap_with_driver
 
-    slots = trial_slots(resolve_resources(spec), cluster_resources())
-    spent = accounting(spec, tables, slots, time.time() - t0)
-    for flag, b in spent["datasets"].items():
-        planned = (f" of {b['planned_device_s']:.0f} planned" if b["planned_device_s"]
-                   else " (no budget set)")
-        echo(f"budget {flag}: {b['spent_device_s']:.0f}{planned} device-s "
-             f"(search {b['search_device_s']:.0f}, selection "
-             f"{b['selection_device_s']:.0f}, final {b['final_device_s']:.0f})")
-    meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
-            "code_sha256": code_sha256(),
-            "hardware": hardware(), "cluster": cluster_resources(),
-            "storage": _relative_to(storage, run_dir),
-            "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "wall_s": time.time() - t0, "n_trials": len(trials),
-            "n_failed_trials": sum(t["status"] == "failed" for t in trials),
-            "n_retries": sum(int(t.get("retries") or 0) for t in trials),
-            "n_final_runs": len(finals), "wandb_mode": tracker.used_mode(), "budget": spent,
-            "official_data": {flag: file_status(flag, spec.size, data_dir) == "md5 ok"
-                              for flag in spec.datasets},
-            **reproduction(spec, data_dir)}
-    meta["failures"] = first_errors(trials, finals)
-    for where, text in meta["failures"].items():
-        echo(f"FAILED {where}: {text}")
-    meta["problems"] = outcome_problems(spec, trials, finals, final)
-    write_json(run_dir / "meta.json", meta)
-    locks.release()
-    return meta
+            reap_with_driver()
+        # a cluster may lack a node big enough for a trial until an autoscaler adds one
+        wait_for_capacity(spec, echo, timeout_s=0 if is_local(address) else None)
+        tracker = Tracker.from_env(wandb, spec.project, run_dir, experiment=spec.name)
+        t0 = time.time()
+        try:
+            tables = search(spec, run_dir, storage, arrays, tracker, echo, final=final)
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception as e:  # a full disk surfaces as Tune failing to read what it wrote
+            problem = disk_full_problem(e, [run_dir, storage])
+            if problem is None:
+                raise
+            from bench.errors import RunFailure
+
+            raise RunFailure(problem) from e
+        trials, finals = tables["trials"], tables["final"]
+        write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
+        if tables["selection"]:
+            write_table(run_dir / "selection.parquet", tables["selection"], SELECTION_COLUMNS)
+        if final:
+            write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
+        from bench.search import resolve_resources, trial_slots
+
+        slots = trial_slots(resolve_resources(spec), cluster_resources())
+        spent = accounting(spec, tables, slots, time.time() - t0)
+        for flag, b in spent["datasets"].items():
+            planned = (f" of {b['planned_device_s']:.0f} planned" if b["planned_device_s"]
+                       else " (no budget set)")
+            echo(f"budget {flag}: {b['spent_device_s']:.0f}{planned} device-s "
+                 f"(search {b['search_device_s']:.0f}, selection "
+                 f"{b['selection_device_s']:.0f}, final {b['final_device_s']:.0f})")
+        meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
+                "code_sha256": code_sha256(),
+                "hardware": hardware(), "cluster": cluster_resources(),
+                "storage": _relative_to(storage, run_dir),
+                "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "wall_s": time.time() - t0, "n_trials": len(trials),
+                "n_failed_trials": sum(t["status"] == "failed" for t in trials),
+                "n_retries": sum(int(t.get("retries") or 0) for t in trials),
+                "n_final_runs": len(finals), "wandb_mode": tracker.used_mode(), "budget": spent,
+                "official_data": {flag: file_status(flag, spec.size, data_dir) == "md5 ok"
+                                  for flag in spec.datasets},
+                **reproduction(spec, data_dir)}
+        meta["failures"] = first_errors(trials, finals)
+        for where, text in meta["failures"].items():
+            echo(f"FAILED {where}: {text}")
+        meta["problems"] = outcome_problems(spec, trials, finals, final)
+        keep_wall_time(meta, read_previous_meta(run_dir) if resumed else {})
+        write_json(run_dir / "meta.json", meta)
+        if then is not None:  # publishing (leaderboard, report) while the run is still locked
+            then(meta)
+        return meta
+    finally:
+        locks.release()
+
+
+FULL_BELOW_BYTES = 8 << 20  # a file system with less free than this counts as full
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the file system holding `path` (its nearest existing folder)."""
+    p = Path(path).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def space_text(path: str | Path) -> str:
+    """`file system /mnt/x: 0 MiB free of 64 MiB` for the file system holding `path`."""
+    import shutil
+
+    where = mount_point(path)
+    usage = shutil.disk_usage(where)
+    return (f"file system {where}: {usage.free / 2**20:.0f} MiB free of "
+            f"{usage.total / 2**20:.0f} MiB")
+
+
+def disk_full_problem(exc: BaseException, folders: list[str | Path]) -> str | None:
+    """One line for a failure a full disk caused, or None: the file named by an ENOSPC error in
+    the exception's chain (or, when Tune only failed to read a file it had cut short, the run's
+    folders), the file system that is full, and what to do. Re-running resumes: Tune state
+    left truncated is set aside and finished trials replay (bench.search._tuner)."""
+    import errno
+    import shutil
+
+    named = None
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            named = e.filename or named
+        e = e.__cause__ or e.__context__
+    full = []
+    for folder in folders:
+        if "://" in str(folder):
+            continue
+        try:
+            if shutil.disk_usage(mount_point(folder)).free < FULL_BELOW_BYTES:
+                full.append(folder)
+        except OSError:
+            continue
+    if not full:
+        return None
+    where = named or full[0]
+    return (f"disk full: {type(exc).__name__} while writing the run at {where} "
+            f"({space_text(where)}); free some space there and re-run the same command to "
+            "resume (finished trials are kept)")
+
+
+def read_previous_meta(run_dir: Path) -> dict[str, Any]:
+    """The meta.json an earlier finished attempt of this run left, or {}."""
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def keep_wall_time(meta: dict[str, Any], previous: dict[str, Any]) -> None:
+    """A finished run re-run with the same command replays every trial in seconds: its
+    meta.json keeps the wall time and finish time of the attempt that did the work, and lists
+    the re-run under `reopened`. A re-run that added runs (e.g. `run` after `search` of the
+    same spec) adds its wall time to the earlier one."""
+    if previous.get("wall_s") is None:
+        return
+    this = {"at": meta["finished_at"], "wall_s": meta["wall_s"]}
+    counts = ("n_trials", "n_final_runs", "n_failed_trials")
+    if all(previous.get(k) == meta[k] for k in counts):  # nothing new ran: only replays
+        meta.update(wall_s=previous["wall_s"],
+                    finished_at=previous.get("finished_at", meta["finished_at"]))
+        meta["reopened"] = [*previous.get("reopened", []), this]
+    else:
+        meta["wall_s"] = float(previous["wall_s"]) + float(meta["wall_s"])
 
 
 def first_errors(trials: list[dict], finals: list[dict]) -> dict[str, str]:

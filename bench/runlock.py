@@ -9,6 +9,14 @@ kept under an exclusive `flock` for as long as the run lasts:
   process is simply taken over: there is no PID guessing and no race between two takers;
 * on storage that has no working `flock` (some network file systems) the file's PID and host
   are checked instead: a live process on this host, or any other host, keeps it.
+
+The driver's Ray processes end with it (`reap_with_driver`): a local run's Ray node is the
+driver's children, and Ray's own fate-sharing stops GCS, raylet and workers within seconds of
+a SIGKILLed driver, but its dashboard and runtime-env agents lingered 60-90 s (measured), holding
+memory and ports. A small watcher process, in a session of its own so a kill of the driver's
+process group spares it, waits for the driver to die and then ends every process of that Ray
+node (found by the `RAY_RAYLET_PID` Ray puts in their environment, and the node's own list),
+then exits; it also exits quietly once the node has shut down normally.
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,3 +128,100 @@ def lock_run(run_dir: str | Path, storage: str | None = None) -> Locks:
     if storage and "://" not in storage and not Path(storage).resolve().is_relative_to(run_dir):
         locks.append(RunLock(storage, "Tune storage"))
     return Locks(locks)
+
+
+# --- the driver's Ray processes end with it ---------------------------------------------------
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot), or None when it is gone: with the pid
+    it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _node_processes(raylet_pid: int, known: dict[int, str]) -> list[int]:
+    """Live processes of one Ray node: those Ray started with RAY_RAYLET_PID=<raylet> in their
+    environment (agents, workers), and the node's own list (`known`: pid -> start time)."""
+    mark = f"RAY_RAYLET_PID={raylet_pid}".encode()
+    found = [pid for pid, started in known.items() if _start_time(pid) == started]
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in found or int(d.name) == os.getpid():
+            continue
+        try:
+            if mark in (d / "environ").read_bytes().split(b"\0"):
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """A process's children (Linux `/proc/<pid>/task/<tid>/children`, all threads)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def watch(driver: int, driver_started: str, raylet_pid: int, known: dict[int, str],
+          every: float = 0.5, grace: float = 3.0) -> int:
+    """The watcher's loop (see module doc). Returns how many processes it ended. While the
+    driver lives it keeps a list of the driver's and the raylet's children (once those die,
+    their children belong to init and can no longer be told apart)."""
+    raylet_started = known.get(raylet_pid)
+    while _start_time(driver) == driver_started:
+        for parent in (driver, raylet_pid):
+            for child in _children(parent):
+                if child not in known and (started := _start_time(child)):
+                    known[child] = started
+        if raylet_started is not None and _start_time(raylet_pid) != raylet_started \
+                and not _node_processes(raylet_pid, known):
+            return 0  # the node shut down while the driver lives on: nothing to do
+        time.sleep(every)
+    victims = _node_processes(raylet_pid, known)
+    for pid in victims:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and _node_processes(raylet_pid, known):
+        time.sleep(0.2)
+    for pid in _node_processes(raylet_pid, known):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(victims)
+
+
+def reap_with_driver() -> subprocess.Popen | None:
+    """Start the watcher for this process's local Ray node (after `ray.init`); None when
+    there is none (no Ray, a cluster, not Linux)."""
+    try:
+        import ray
+        from ray._private import ray_constants
+
+        node = ray._private.worker._global_node
+        procs = node.all_processes if node is not None else {}
+        raylet = procs[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    except (ImportError, AttributeError, KeyError, IndexError):
+        return None
+    me = _start_time(os.getpid())
+    if me is None:
+        return None
+    known = {info.process.pid: _start_time(info.process.pid)
+             for infos in procs.values() for info in infos}
+    arg = json.dumps({"driver": os.getpid(), "driver_started": me, "raylet_pid": raylet,
+                      "known": {str(k): v for k, v in known.items() if v}})
+    return subprocess.Popen([sys.executable, "-m", "bench.runlock", arg],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+if __name__ == "__main__":  # the watcher: python -m bench.runlock '<json>'
+    args = json.loads(sys.argv[1])
+    watch(int(args["driver"]), args["driver_started"], int(args["raylet_pid"]),
+          {int(k): v for k, v in args["known"].items()})

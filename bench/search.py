@@ -69,14 +69,58 @@ def resolve_resources(spec: Spec, nodes: list[dict[str, float]] | None = None) -
     return Spec(**{**spec.to_dict(), "resources": res})
 
 
+def _unreadable_state(full: Path) -> str | None:
+    """The first of Tune's state files in `full` that a disk-full or a kill left unreadable
+    (empty, truncated pickle, broken JSON), or None. Pickles are checked by walking their
+    opcodes (`pickletools`), which runs nothing."""
+    import json
+    import pickletools
+
+    for f in sorted(full.glob("*.pkl")) + sorted(full.glob("*.json")):
+        try:
+            data = f.read_bytes()
+            if not data:
+                return f"{f.name} is empty"
+            if f.suffix == ".pkl":
+                for _ in pickletools.genops(data):
+                    pass
+            else:
+                json.loads(data)
+        except (ValueError, OSError) as e:  # truncated pickle / broken JSON / unreadable
+            return f"{f.name}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return None
+
+
 def _tuner(path: Path, name: str, trainable, param_space: dict, tune_config,
            run_config_kw: dict):
+    """The pair's Tuner: restored when its state is there (errored trials run again: a resume
+    after fixing the cause, e.g. a full disk, retries them), else new. State that a full disk
+    left truncated never blocks a resume: the folder is moved aside (`<name>.unreadable-<time>`)
+    and a new Tuner starts; the completion records (bench.trial) make every trial that had
+    finished replay its results instead of training again."""
+    import pickle
+    import sys
+
     from ray import tune
 
     full = path / name
     if tune.Tuner.can_restore(str(full)):
-        return tune.Tuner.restore(str(full), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, param_space=param_space)
+        local = full.is_dir()  # remote storage: Tune's own errors stand
+        problem = _unreadable_state(full) if local else None
+        if problem is None:
+            try:
+                return tune.Tuner.restore(str(full), trainable=trainable,
+                                          resume_unfinished=True, resume_errored=True,
+                                          param_space=param_space)
+            except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:
+                if not local:
+                    raise
+                problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        aside = full.with_name(f"{name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(full, aside)
+        print(f"medbench: Tune state of {name} unreadable ({problem}); moved to {aside.name}, "
+              "starting a new Tuner (finished trials replay from their completion records)",
+              file=sys.stderr, flush=True)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=tune.RunConfig(name=name, storage_path=str(path),
                                                 **run_config_kw))

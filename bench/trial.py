@@ -178,6 +178,23 @@ def _replay(record: Path | None, job: dict) -> bool:
     return True
 
 
+def _same_config_record(done_dir: Path, job: dict) -> Path | None:
+    """A search trial's completion record written under another trial id for this very
+    config (seed included), or None. Tune names trials anew when a Tuner is re-created (its
+    state was lost to a full disk: bench.search._tuner); the seeded searcher proposes the same
+    configs again, and each finds the record of the trial that already trained it."""
+    if not done_dir.is_dir():
+        return None
+    want = json.loads(json.dumps(job, default=str))
+    for path in sorted(done_dir.glob("*.json")):
+        try:
+            if json.loads(path.read_text()).get("config") == want:
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _record_final(record: Path, job: dict, report: dict, run_dir: Path | None,
                   wall_s: float) -> None:
     """A selection or final trial's completion record, written before its one report: the
@@ -226,6 +243,8 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
     record = None
     if done_dir:
         record = Path(done_dir) / f"{trial_id if phase == 'search' else label}.json"
+        if phase == "search" and not record.exists():  # a Tuner made anew: other trial ids
+            record = _same_config_record(Path(done_dir), job) or record
     if phase != "search":
         trial_id = label  # the trace names the job, which a restart keeps
     if _replay(record, job):
