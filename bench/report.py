@@ -10,13 +10,15 @@ ROC/PR, calibration, confusion, misclassified images) of the *picked* entry -- t
 best mean validation AUC, never chosen on test -- then how the search went, then the run
 metadata. Nothing is retrained: scores come from each final seed's scores.npz, the search from
 trials.parquet and the persisted Optuna studies (bench.studies).
+
+This module chooses what to show and writes the markdown; the numbers come from
+bench.score_stats (curves, calibration, class mix), bench.ranks (critical difference) and
+bench.headline / bench.provenance (the results and rules text), the pictures from bench.figures.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,17 @@ from bench.leaderboard import (
     summarize,
 )
 from bench.provenance import reproduce_md, rules_md, statistics_md
+from bench.ranks import cd_table, friedman_nemenyi
+from bench.ranks import mean_ranks as mean_ranks  # re-exported: tests and callers read it here
 from bench.results import SELECTION_COLUMNS, read_table, write_text
+from bench.score_stats import (
+    N_BINS,
+    class_mix,
+    confidence_and_correct,
+    expected_calibration_error,
+    most_confident_errors,
+    roc_pr_curves,
+)
 from bench.studies import (
     STUDIES_FILE,
     build_studies,
@@ -77,9 +89,6 @@ from bench.studies import (
     load_studies,
     param_importances,
 )
-
-N_BINS = 10  # calibration bins (the usual 10 equal-width bins of Guo et al. 2017)
-N_WRONG = 4  # misclassified test images shown per true class
 
 
 def _class_names(flag: str) -> list[str]:
@@ -140,126 +149,6 @@ def representative_seed(seeds: pd.DataFrame) -> pd.Series | None:
     return seeds.loc[pd.to_numeric(seeds["val_auc"]).idxmax()]
 
 
-# --- scores -> curves and calibration ----------------------------------------------------------
-
-def class_scores(y: np.ndarray, s: np.ndarray, task: str) -> list[tuple[int, np.ndarray,
-                                                                        np.ndarray]]:
-    """(class, is-that-class, score) per class, the way the official AUC averages them:
-    binary uses the positive class's score only, multi-class/ordinal one-vs-rest per class,
-    multi-label one per label."""
-    y, s = np.asarray(y), np.asarray(s)
-    if task == metrics.MULTI_LABEL:
-        return [(j, (y[:, j] == 1).astype(int), s[:, j]) for j in range(y.shape[1])]
-    y1 = y.reshape(-1)
-    if task == metrics.BINARY:
-        return [(1, (y1 == 1).astype(int), s[:, -1] if s.ndim == 2 else s)]
-    return [(c, (y1 == c).astype(int), s[:, c]) for c in range(s.shape[1])]
-
-
-def roc_pr_curves(y: np.ndarray, s: np.ndarray, task: str) -> list[dict]:
-    """Per class: scikit-learn's ROC and precision-recall points, ROC AUC and average
-    precision. The mean of the per-class AUCs is the official MedMNIST AUC."""
-    from sklearn.metrics import (
-        average_precision_score,
-        precision_recall_curve,
-        roc_auc_score,
-        roc_curve,
-    )
-
-    out = []
-    for c, pos, score in class_scores(y, s, task):
-        if pos.min() == pos.max():  # one class only in this split: no curve is defined
-            continue
-        fpr, tpr, _ = roc_curve(pos, score)
-        prec, rec, _ = precision_recall_curve(pos, score)
-        out.append({"class": c, "fpr": fpr, "tpr": tpr, "precision": prec, "recall": rec,
-                    "auc": float(roc_auc_score(pos, score)),
-                    "ap": float(average_precision_score(pos, score)), "prevalence": pos.mean()})
-    return out
-
-
-def confidence_and_correct(y: np.ndarray, s: np.ndarray, task: str) -> tuple[np.ndarray,
-                                                                              np.ndarray]:
-    """Single-label tasks: the top-label confidence and whether that label is right (decision
-    rule as the official ACC). Multi-label: every label's probability and its truth."""
-    y, s = np.asarray(y), np.asarray(s)
-    if task == metrics.MULTI_LABEL:
-        return s.ravel().astype(float), y.ravel().astype(int)
-    pred = metrics.predicted_labels(s, task)
-    if task == metrics.BINARY:
-        p1 = s[:, -1] if s.ndim == 2 else s
-        conf = np.maximum(p1, 1 - p1)
-    else:
-        conf = s.max(axis=1)
-    return conf.astype(float), (pred.reshape(-1) == y.reshape(-1)).astype(int)
-
-
-def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray,
-                               n_bins: int = N_BINS) -> tuple[float, pd.DataFrame]:
-    """ECE = sum over bins of (bin share) x |accuracy - mean confidence|, with scikit-learn's
-    `calibration_curve` bins (equal width) for the per-bin values; returns the ECE and the
-    non-empty bins (count, accuracy, confidence)."""
-    from sklearn.calibration import calibration_curve
-
-    correct, confidence = np.asarray(correct), np.asarray(confidence, float)
-    acc, conf = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    counts = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=n_bins)
-    counts = counts[counts > 0]  # the same bins calibration_curve returns, in order
-    ece = float(np.sum(counts / counts.sum() * np.abs(acc - conf)))
-    return ece, pd.DataFrame({"count": counts, "accuracy": acc, "confidence": conf})
-
-
-# --- critical difference ------------------------------------------------------------------------
-
-def cd_table(board: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Datasets x competitors (test `metric`): our entries present on every dataset (seed
-    means) and every published method that has a number for every dataset of the run."""
-    b = board[board["n_seeds"] > 0]
-    if b.empty:
-        return pd.DataFrame()
-    ours = b.assign(entry=[_label(r, board) for _, r in b.iterrows()]).pivot_table(
-        index="dataset", columns="entry", values=f"test_{metric}_mean", aggfunc="first")
-    pub = load_published()
-    rows = []
-    for flag, g in b.groupby("dataset"):
-        cand, _, _ = comparable_baselines(pub, flag, int(g["size"].min()),
-                                          all(official_row(r) for r in g.itertuples()))
-        rows += [{"dataset": flag, "method": m, "v": v}
-                 for m, v in zip(cand["method"], cand[metric], strict=True)]
-    published = (pd.DataFrame(rows).pivot_table(index="dataset", columns="method", values="v",
-                                                aggfunc="first")
-                 if rows else pd.DataFrame(index=ours.index))
-    table = pd.concat([ours, published.add_suffix(" †")], axis=1)
-    return table.dropna(axis=1, how="any")
-
-
-def mean_ranks(table: pd.DataFrame) -> pd.Series:
-    """Rank competitors within each dataset (1 = best, ties share the average rank), then
-    average over datasets; best first."""
-    from scipy.stats import rankdata
-
-    ranks = np.vstack([rankdata(-row.to_numpy(float)) for _, row in table.iterrows()])
-    return pd.Series(ranks.mean(axis=0), index=table.columns).sort_values(kind="stable")
-
-
-def friedman_nemenyi(table: pd.DataFrame, alpha: float = 0.05) -> dict:
-    """Friedman test over the datasets x competitors table, and the Nemenyi critical difference
-    (Demsar 2006): two mean ranks further apart than `cd` differ at level alpha."""
-    from scipy.stats import friedmanchisquare, studentized_range
-
-    n, k = table.shape
-    p = float("nan")
-    if k >= 3 and n >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = float(friedmanchisquare(*[table[c].to_numpy(float) for c in table]).pvalue)
-    q = studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2) if k >= 2 else float("nan")
-    cd = float(q * math.sqrt(k * (k + 1) / (6.0 * n))) if n else float("nan")
-    return {"n_datasets": n, "k": k, "friedman_p": p, "cd": cd, "alpha": alpha,
-            "ranks": mean_ranks(table)}
-
-
 def _across_md(board: pd.DataFrame, figs: Path, rel: str) -> list[str]:
     """Wins/ties/losses against the published methods, mean ranks, and the critical-difference
     diagram from MIN_CD_DATASETS datasets up (below, one sentence says why there is none)."""
@@ -306,26 +195,6 @@ def _across_md(board: pd.DataFrame, figs: Path, rel: str) -> list[str]:
 
 # --- per-dataset figures -------------------------------------------------------------------------
 
-def class_mix(scores: dict[str, np.ndarray], task: str, names: list[str]) -> pd.DataFrame:
-    """Per class, its share of the labels and of the predictions on validation and on test.
-
-    Why: when test ACC falls well below validation ACC, this says whether the model's decisions
-    moved (predicted shares that follow validation's class mix but not test's) or the test split
-    itself differs from validation (its class mix or how its images look): a split shift that
-    nothing chosen on validation can see. Read-only: it explains a number and chooses nothing.
-    """
-    rows = []
-    for split in ("val", "test"):
-        y = np.asarray(scores[f"{split}_labels"]).reshape(-1)
-        pred = metrics.predicted_labels(scores[f"{split}_scores"], task)
-        for c, name in enumerate(names):
-            rows.append({"split": split, "class": c, "name": name,
-                         "true_share": float(np.mean(y == c)),
-                         "predicted_share": float(np.mean(pred == c)),
-                         "acc": float(np.mean(pred == y))})
-    return pd.DataFrame(rows)
-
-
 def _class_mix_md(mix: pd.DataFrame) -> list[str]:
     """The class-mix table and one sentence on where the predictions drift."""
     wide = mix.pivot(index=["class", "name"], columns="split",
@@ -352,20 +221,6 @@ def _class_mix_md(mix: pd.DataFrame) -> list[str]:
                  "differs from validation (its class mix or its images), a shift that no choice "
                  "made on validation can see.")
     return [*out, "", line, ""]
-
-
-def most_confident_errors(y: np.ndarray, s: np.ndarray, task: str,
-                          k: int = N_WRONG) -> dict[int, list[int]]:
-    """Per true class, the indices of up to k misclassified test images, most confidently wrong
-    first (single-label tasks)."""
-    y1 = np.asarray(y).reshape(-1)
-    pred = metrics.predicted_labels(s, task).reshape(-1)
-    conf, _ = confidence_and_correct(y, s, task)
-    out = {}
-    for c in np.unique(y1):
-        wrong = np.flatnonzero((y1 == c) & (pred != c))
-        out[int(c)] = list(wrong[np.argsort(-conf[wrong], kind="stable")][:k])
-    return out
 
 
 def _data_dir(paths: list[Path], data_dir: str | Path | None) -> str | Path | None:
