@@ -132,7 +132,7 @@ def train(
         typer.echo(training_options_text())
         return
     from bench.results import ensure_fresh_dir
-    from bench.train import TrainConfig, resolve_device
+    from bench.train import TrainConfig
 
     if seed is not None and seeds is not None:
         raise UserError("give either --seed (one run) or --seeds (several), not both")
@@ -154,40 +154,9 @@ def train(
                                 f"{time.strftime('%Y%m%d-%H%M%S')}"
     ensure_fresh_dir(out)
     check_writable(out)  # a read-only --out fails now, not after the training it would hold
-    from bench.data import dataset_info, from_arrays, load_arrays
-    from bench.preflight import check_splits
+    from bench.train_seeds import run_training
 
-    arrays = load_arrays(conf.dataset, conf.size, data_dir, verify_md5=not no_verify)
-    check_splits({conf.dataset: arrays})  # as `run` does: an empty split is one line, exit 2
-    data = from_arrays(dataset_info(conf.dataset), conf.size, arrays).to(
-        resolve_device(conf.device))
-    typer.echo(f"{conf.dataset} ({data.info.task}, {len(data.splits['train'])} train) | "
-               f"{conf.model} | {conf.optimizer} lr {conf.lr:g} | {conf.epochs} epochs | "
-               f"batch {conf.batch_size} | {data.device}")
-    if seed_list is None:
-        _train_one(conf, data, out)
-        return
-    from dataclasses import replace
-
-    from bench.leaderboard import build_leaderboard, format_board
-    from bench.results import FINAL_COLUMNS, final_row, final_run_dir, write_table
-
-    rows = []
-    for s in seed_list:
-        typer.echo(f"--- seed {s} ---")
-        seed_conf = replace(conf, seed=s)
-        result = _train_one(seed_conf, data, out / final_run_dir(conf.dataset, conf.model, s))
-        # one device for the whole run: its device-seconds are its wall seconds
-        rows.append(final_row(seed_conf.to_dict(), {**result.summary(), "history": result.history,
-                                                    "device_s": result.wall_s}))
-    write_table(out / "final.parquet", rows, FINAL_COLUMNS)
-    from bench.data import file_status
-    from bench.results import write_json
-
-    write_json(out / "meta.json", {"official_data": {
-        conf.dataset: file_status(conf.dataset, conf.size, data_dir) == "md5 ok"}})
-    typer.echo(format_board(build_leaderboard(out)))
-    typer.echo(f"run directory: {out}  (medbench leaderboard / report read it)")
+    run_training(conf, seed_list, out, data_dir, verify_md5=not no_verify, echo=typer.echo)
 
 
 def check_writable(out: Path) -> None:
@@ -212,26 +181,6 @@ def check_writable(out: Path) -> None:
         for folder in made:  # deepest first
             with contextlib.suppress(OSError):
                 folder.rmdir()
-
-
-def _train_one(conf, data, out: Path):
-    """fit with one progress line per epoch, then the training-run directory and a summary."""
-    from bench.results import write_training_run
-    from bench.train import fit
-
-    def progress(r: dict[str, float]) -> None:
-        typer.echo(f"epoch {int(r['epoch']):>3}/{conf.epochs}  loss {r['train_loss']:.4f}  "
-                   f"val_auc {r['val_auc']:.4f}  val_acc {r['val_acc']:.4f}  "
-                   f"{r['epoch_s']:.1f}s  {r['images_per_s']:.0f} img/s")
-
-    result = fit(conf, data, on_epoch=progress, hflip_scores=True)
-    name = f"{conf.dataset}-{conf.model}-s{conf.seed}"
-    write_training_run(out, conf.to_dict(), data.info, conf.size, result, run=name)
-    typer.echo(f"best epoch {result.best_epoch} (by val AUC): val AUC {result.val['auc']:.4f} "
-               f"ACC {result.val['acc']:.4f} | test AUC {result.test['auc']:.4f} "
-               f"ACC {result.test['acc']:.4f} | {result.wall_s:.1f}s, "
-               f"{result.train_images_per_s:.0f} img/s | {out}")
-    return result
 
 
 def training_options_text() -> str:
