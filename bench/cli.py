@@ -528,20 +528,25 @@ def predict(
                                           "`medbench train`")],
     dataset: Annotated[str | None, typer.Option(
         help="the dataset the model was trained on (default: the run's only one)")] = None,
-    family: Annotated[str | None, typer.Option(help="a family (default: best by val AUC)")] = None,
+    entry: Annotated[str | None, typer.Option(
+        help="a board entry by name, e.g. 'cnn_small ×5 ens' (x5 works for ×5; default: the "
+             "entry the run picked on validation)")] = None,
+    family: Annotated[str | None, typer.Option(
+        help="a family's own entry (its seed ensemble where it has one)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="text | json",
                                      callback=choice("text", "json"))] = "text",
 ) -> None:
-    """Classify images or volumes with a run's model (best by validation AUC); multi-label
-    models list every label with p > 0.5."""
+    """Classify images or volumes with the entry a run picked (as the leaderboard scored it: a
+    seed ensemble averages its seeds, a blend applies its weights); multi-label models list
+    every label with p > 0.5."""
     from bench.predict import format_predictions
     from bench.predict import predict as run_predict
 
-    model_dir, rows = run_predict(run_dir, dataset, images, family)
+    model, rows = run_predict(run_dir, dataset, images, family, entry)
     for r in rows:
         for note in r["warnings"]:
             typer.echo(f"warning: {note}", err=True)
-    typer.echo(format_predictions(model_dir, rows, fmt))
+    typer.echo(format_predictions(model, rows, fmt))
 
 
 @app.command()

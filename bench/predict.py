@@ -1,9 +1,12 @@
 """Classify image files or volumes with a model from a run directory.
 
 Which model: a `medbench train` directory holds one (`model.pt` at its top); in a directory with
-`final.parquet` (`medbench run`, `medbench train --seeds`) it is the family with the best mean
-validation AUC for the dataset (selection on validation, as everywhere), and of its seeds the
-one with the best validation AUC.
+`final.parquet` (`medbench run`, `medbench train --seeds`) it is the board entry the run picked
+(`bench.picked`: the leaderboard's own `picked` marker, chosen on validation), served as the
+board scored it: a seed ensemble averages its seeds' probabilities, a blend mixes them with its
+weights, a `+hflip` entry also scores each input mirrored (`EnsembleModel`). `--entry` chooses
+another entry of the board by name. The output names the entry and its members, so the model
+deployed is the model reported.
 
 Why it is careful about its inputs:
 
@@ -33,10 +36,9 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from bench.data import DatasetInfo, dataset_info, normalize, to_tensor_images
@@ -45,47 +47,73 @@ from bench.decode import NIFTI_EXTRA as NIFTI_EXTRA  # re-exported: callers name
 from bench.decode import suffix as _suffix
 from bench.errors import UserError
 
+if TYPE_CHECKING:
+    from bench.picked import Entry
+
 THRESHOLD = 0.5  # multi-label: a label is predicted when its probability is above this
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to score inputs, with what is needed to prepare them."""
+    """One trained network ready to score inputs, with what is needed to prepare them."""
 
-    path: Path  # the run directory it came from
+    path: Path  # the training-run directory it came from
     info: DatasetInfo
     size: int
     dims: int  # 2: images, 3: volumes (from the model registry)
     model: torch.nn.Module
     config: dict[str, Any] = field(default_factory=dict)
+    entry: Entry | None = None  # the board entry it serves (set by `load_model`)
+
+    def probabilities(self, x: torch.Tensor, hflip: bool = False) -> np.ndarray:
+        """Probabilities for a normalised batch, through the trainer's `scores_from_logits`;
+        `hflip`: of the batch mirrored left-right (its last axis, as the trainer's
+        `Runner.scores(hflip=True)`)."""
+        from bench.train import scores_from_logits
+
+        if hflip:
+            x = torch.flip(x, dims=(-1,))
+        with torch.no_grad():
+            return scores_from_logits(self.model(x), self.info.multi_label).numpy().astype(
+                np.float64)
 
 
-def choose_model(run_dir: Path, dataset: str | None, family: str | None = None) -> Path:
-    """The directory of the model to use (see module doc)."""
+@dataclass
+class EnsembleModel:
+    """A board entry of several networks (a seed ensemble, a blend) or with a test-time flip:
+    the members' probabilities mixed with their weights, as the board mixed their scores."""
+
+    path: Path  # the run directory
+    info: DatasetInfo
+    size: int
+    dims: int
+    config: dict[str, Any]  # the heaviest member's (input messages name its model)
+    entry: Entry
+    members: list[tuple[LoadedModel, float]]
+
+    def probabilities(self, x: torch.Tensor) -> np.ndarray:
+        from bench.leaderboard import HFLIP
+
+        def member(m: LoadedModel) -> np.ndarray:
+            p = m.probabilities(x)
+            return (p + m.probabilities(x, hflip=True)) / 2 if self.entry.tta == HFLIP else p
+
+        return np.sum([weight * member(m) for m, weight in self.members], axis=0)
+
+
+Model = LoadedModel | EnsembleModel
+
+
+def choose_entry(run_dir: Path, dataset: str | None, entry: str | None = None,
+                 family: str | None = None) -> Entry:
+    """The board entry to serve from a run directory with final.parquet (see module doc)."""
+    from bench.picked import choose, run_entries
+
     run_dir = Path(run_dir)
-    if (run_dir / "model.pt").is_file():  # one `medbench train` run
-        return run_dir
-    table = run_dir / "final.parquet"
-    if not table.exists():
+    if not (run_dir / "final.parquet").exists():
         raise UserError(f"{run_dir} holds neither model.pt (a `medbench train` run) nor "
                         "final.parquet (a `medbench run`); pass one of those directories")
-    df = pd.read_parquet(table)
-    df = df[df.status == "ok"]
-    if dataset is None:
-        flags = sorted(df.dataset.unique())
-        if len(flags) != 1:
-            raise UserError(f"{run_dir} has models for {', '.join(flags) or 'no dataset'}; "
-                            "choose one with --dataset")
-        dataset = flags[0]
-    df = df[df.dataset == dataset]
-    if family:
-        df = df[df.family == family]
-    if df.empty:
-        raise UserError(f"{run_dir} has no finished final model for {dataset}"
-                        + (f" / {family}" if family else "") + "; check `medbench leaderboard`")
-    best_family = df.groupby("family").val_auc.mean().idxmax()
-    row = df[df.family == best_family].sort_values("val_auc", ascending=False).iloc[0]
-    return run_dir / row.run_dir
+    return choose(run_entries(run_dir, dataset), entry, family)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -107,15 +135,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return saved
 
 
-def load_model(run_dir: Path, dataset: str | None = None,
-               family: str | None = None) -> LoadedModel:
-    """The chosen model in eval mode on the CPU, built without fetching any weights."""
+def load_network(model_dir: Path, dataset: str | None = None) -> LoadedModel:
+    """The network in `model_dir/model.pt`, in eval mode on the CPU, built without fetching any
+    weights."""
     from bench.models import create_model, get_entry
     from bench.models.pretrained import weights_from_checkpoint
     from bench.train import TrainConfig
 
-    model_dir = choose_model(Path(run_dir), dataset, family)
-    path = model_dir / "model.pt"
+    path = Path(model_dir) / "model.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file; the run's final seeds write one (re-run "
+                        "the final phase, or choose another entry)")
     saved = load_checkpoint(path)
     try:
         conf = TrainConfig.from_dict(dict(saved["config"]))
@@ -141,8 +171,45 @@ def load_model(run_dir: Path, dataset: str | None = None,
                         f"names ({first[:240]}); the file was edited or written by another "
                         "version: re-run training to write it again") from None
     model.eval()
-    return LoadedModel(model_dir, info, conf.size, get_entry(conf.model).dims, model,
+    return LoadedModel(Path(model_dir), info, conf.size, get_entry(conf.model).dims, model,
                        dict(saved["config"]))
+
+
+def load_entry(entry: Entry) -> Model:
+    """Every member of a board entry loaded (`load_network`); one network when the entry is one
+    model without a test-time transform, else an `EnsembleModel`."""
+    nets = [(load_network(m.run_dir, entry.dataset), m.weight) for m in entry.members]
+    shapes = {(n.info.flag, n.size, n.dims) for n, _ in nets}
+    if len(shapes) != 1:
+        raise UserError(f"{entry.run_dir}: the members of {entry.name!r} take different inputs "
+                        f"({sorted(shapes)}); the run directory is inconsistent")
+    if len(nets) == 1 and not entry.tta:
+        nets[0][0].entry = entry
+        return nets[0][0]
+    first = max(nets, key=lambda nw: nw[1])[0]
+    return EnsembleModel(entry.run_dir, first.info, first.size, first.dims, first.config,
+                         entry, nets)
+
+
+def load_model(run_dir: Path, dataset: str | None = None, entry: str | None = None,
+               family: str | None = None) -> Model:
+    """What a run directory serves (see module doc): a `medbench train` directory's one model,
+    else the board entry `choose_entry` names, with every member loaded."""
+    from bench.picked import Entry, Member, canonical_name
+
+    run_dir = Path(run_dir)
+    if (run_dir / "model.pt").is_file():  # one `medbench train` run
+        m = load_network(run_dir, dataset)
+        name = str(m.config.get("model"))
+        for option, asked in (("--entry", entry), ("--family", family)):
+            if asked is not None and canonical_name(asked) != name:
+                raise UserError(f"{run_dir} is a `medbench train` directory holding one {name} "
+                                f"model; {option} {asked!r} names an entry of a run directory")
+        seed = m.config.get("seed")
+        m.entry = Entry(run_dir, m.info.flag, m.size, name, "single", "", True, float("nan"),
+                        (Member(run_dir, name, None if seed is None else int(seed), 1.0),))
+        return m
+    return load_entry(choose_entry(run_dir, dataset, entry, family))
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -257,7 +324,7 @@ def prepare_volume(vol: np.ndarray, size: int, path: Path) -> tuple[np.ndarray, 
     return vol, notes
 
 
-def load_input(path: Path, m: LoadedModel,
+def load_input(path: Path, m: Model,
                limits: Limits = CLI_LIMITS) -> tuple[np.ndarray, list[str]]:
     """One input file in the layout of the model's dataset files, plus notes on every change.
     `limits`: what the decoder may decode (the web page passes tighter ones)."""
@@ -273,13 +340,10 @@ def load_input(path: Path, m: LoadedModel,
 
 # --- scoring ------------------------------------------------------------------------------------
 
-def score(m: LoadedModel, batch_u8: np.ndarray) -> np.ndarray:
-    """Probabilities for a batch in file layout, through the trainer's normalisation."""
-    from bench.train import scores_from_logits
-
-    x = normalize(to_tensor_images(batch_u8, m.info))
-    with torch.no_grad():
-        return scores_from_logits(m.model(x), m.info.multi_label).numpy().astype(np.float64)
+def score(m: Model, batch_u8: np.ndarray) -> np.ndarray:
+    """Probabilities for a batch in file layout, through the trainer's normalisation; for an
+    entry of several members (or a flip), their mix (`EnsembleModel`)."""
+    return m.probabilities(normalize(to_tensor_images(batch_u8, m.info)))
 
 
 def describe(p: np.ndarray, info: DatasetInfo) -> dict[str, Any]:
@@ -296,22 +360,38 @@ def describe(p: np.ndarray, info: DatasetInfo) -> dict[str, Any]:
 
 
 def predict(run_dir: Path, dataset: str | None, inputs: list[Path],
-            family: str | None = None) -> tuple[Path, list[dict]]:
-    """Predictions for image files (2D models) or volumes (3D models); each row holds the
-    input, the prediction and any warnings about how the input was converted."""
-    m = load_model(Path(run_dir), dataset, family)
+            family: str | None = None, entry: str | None = None) -> tuple[Model, list[dict]]:
+    """The model served (see module doc) and its predictions for image files (2D models) or
+    volumes (3D models); each row holds the input, the prediction and any warnings about how
+    the input was converted."""
+    m = load_model(Path(run_dir), dataset, entry, family)
     loaded = [load_input(Path(p), m) for p in inputs]
     probs = score(m, np.stack([arr for arr, _ in loaded]))
     rows = [{"input": str(path), **describe(p, m.info), "warnings": notes}
             for path, p, (_, notes) in zip(inputs, probs, loaded, strict=True)]
-    return m.path, rows
+    return m, rows
 
 
-def format_predictions(model_dir: Path, rows: list[dict], fmt: str = "text") -> str:
-    """`text`: one line per input; `json`: {"model": ..., "predictions": [...]}."""
+def served(m: Model) -> dict[str, Any]:
+    """What the output says about the model: its directory, the board entry and the members
+    (directory, family, seed, weight)."""
+    return {"model": str(m.path), "dataset": m.info.flag,
+            **(m.entry.as_dict() if m.entry is not None else {})}
+
+
+def format_predictions(m: Model, rows: list[dict], fmt: str = "text") -> str:
+    """`text`: the entry, then one line per input; `json`: {"model", "dataset", "entry",
+    "kind", "picked", "tta", "members": [...], "predictions": [...]}."""
+    about = served(m)
     if fmt == "json":
-        return json.dumps({"model": str(model_dir), "predictions": rows}, indent=2)
-    lines = [f"model: {model_dir}"]
+        return json.dumps({**about, "predictions": rows}, indent=2, ensure_ascii=False)
+    lines = [f"model: {about['model']}"]
+    if "entry" in about:
+        members = about["members"]
+        how = ("" if len(members) == 1 and not about["tta"] else
+               f"; {len(members)} models' probabilities mixed by weight"
+               + (", each also on the mirrored input" if about["tta"] else ""))
+        lines.append(f"entry: {about['entry']}{' (picked)' if about['picked'] else ''}{how}")
     for r in rows:
         if "labels" in r:
             names = ", ".join(f"{x['label']} ({x['p']:.2f})" for x in r["labels"]) or "none"

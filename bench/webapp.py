@@ -5,7 +5,9 @@ Nothing here computes a result of its own: the leaderboard is `bench.leaderboard
 CIs, verdicts against the published rows), the figures are the ones `medbench report` wrote, and
 a prediction goes through `bench.predict`'s functions (model choice, `weights_only=True`
 loading, input checks and conversion, scoring, multi-label thresholding), so the page shows
-exactly what `medbench predict --format json` prints for the same file.
+exactly what `medbench predict --format json` prints for the same file. The predictor serves
+board entries as `medbench predict` does (`bench.picked`): the run's pick by default, a seed
+ensemble or blend with all its members, named on the page with their weights.
 
 Uploads are bounded twice: the uploader takes only the file types the chosen model reads, up to
 `bench.serve.upload_limit_mb` (the server enforces the same limit), and the file is decoded
@@ -117,24 +119,13 @@ def report_figures(run_dir: Path, flags: list[str]) -> tuple[dict[str, list[Path
 # --- predictor --------------------------------------------------------------------------------
 
 def predictable_entries(board: pd.DataFrame, run: str, flag: str) -> tuple[list[str], int]:
-    """The single-model entries of a (run, dataset) that can score a file, and the index of the
-    default: the run's picked entry, or for a picked seed ensemble (`<family> ×N ens`) its
-    members' family, for a picked blend (`a ×N (w) + b ×M (v) ens`, heaviest first) its
-    heaviest family, since `medbench predict` scores one model. Else the best val score."""
-    rows = board[(board["run"] == run) & (board["dataset"] == flag) & (board["n_seeds"] > 0)]
-    kind = rows["kind"] if "kind" in rows else pd.Series("single", index=rows.index)
-    singles = rows[kind == "single"]
-    score = singles["val_score"] if "val_score" in singles else singles["val_auc_mean"]
-    names = list(singles.assign(_s=score).sort_values("_s", ascending=False)["family"])
-    if not names:
-        return [], 0
-    default = 0
-    if "picked" in rows and rows["picked"].astype(bool).any():
-        picked = str(rows[rows["picked"].astype(bool)]["family"].iloc[0])
-        for i, name in enumerate(names):
-            if picked == name or picked.startswith(f"{name} ×"):
-                default = i
-    return names, default
+    """The entries of a (run, dataset) that can score a file (`bench.picked.servable_rows`:
+    single models, seed ensembles, blends), and the index of the default: the run's pick,
+    served as the board scored it."""
+    from bench.picked import servable_rows
+
+    names = list(servable_rows(board, run, flag)["family"])
+    return names, 0
 
 
 def accepted_suffixes(dims: int) -> tuple[str, ...]:
@@ -174,7 +165,7 @@ class UploadPrediction:
 
 def predict_upload(model: Any, name: str, data: bytes, max_mb: int | None = None,
                    limits: Any = None) -> UploadPrediction:
-    """Score one uploaded file with a loaded `bench.predict.LoadedModel`, decoding it within
+    """Score one uploaded file with a loaded entry (`bench.predict.load_entry`), decoding it within
     `limits` (default `bench.decode.PAGE_LIMITS`)."""
     from bench.decode import PAGE_LIMITS
     from bench.predict import describe, load_input, score
@@ -207,14 +198,6 @@ def probability_frame(row: dict[str, Any], labels: dict[str, str],
     }).assign(**({"threshold": f"> {THRESHOLD}"} if multi_label else {}))
 
 
-def model_metrics(model_dir: Path) -> dict[str, Any]:
-    """The chosen model's own metrics.json (test/val ACC and AUC of that seed)."""
-    import json
-
-    path = Path(model_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def preview(arr: np.ndarray, dims: int, px: int = 196) -> np.ndarray:
     """What the model saw, enlarged without smoothing; a volume's middle slice."""
     from PIL import Image
@@ -245,7 +228,7 @@ def main(run_dirs: list[str]) -> None:
         st.caption("Runs served: " + ", ".join(f"`{Path(d).name}`" for d in good))
         st.caption("This page has no authentication; it is meant for your own machine.")
     try:
-        board, roots = _board(tuple(good), _stamps(good))
+        board, roots, seeds = _board(tuple(good), _stamps(good))
     except UserError as e:
         st.error(str(e))
         st.stop()
@@ -255,7 +238,7 @@ def main(run_dirs: list[str]) -> None:
     if view == "Leaderboard":
         _leaderboard_view(st, board, roots)
     else:
-        _predict_view(st, board, roots)
+        _predict_view(st, board, roots, seeds)
 
 
 def _stamps(run_dirs: list[str]) -> tuple[float, ...]:
@@ -263,8 +246,8 @@ def _stamps(run_dirs: list[str]) -> tuple[float, ...]:
     return tuple((Path(d) / "final.parquet").stat().st_mtime for d in run_dirs)
 
 
-def _board(run_dirs: tuple[str, ...], stamps: tuple[float, ...]) -> tuple[pd.DataFrame,
-                                                                          dict[str, str]]:
+def _board(run_dirs: tuple[str, ...], stamps: tuple[float, ...]
+           ) -> tuple[pd.DataFrame, dict[str, str], pd.DataFrame]:
     import streamlit as st
 
     @st.cache_data(show_spinner="Building the leaderboard (bootstrap CIs)...")
@@ -273,7 +256,7 @@ def _board(run_dirs: tuple[str, ...], stamps: tuple[float, ...]) -> tuple[pd.Dat
 
         seeds = load_seeds(list(run_dirs))
         roots = dict(zip(seeds["run"], seeds["root"], strict=True))
-        return build_leaderboard(list(run_dirs)), roots
+        return build_leaderboard(list(run_dirs)), roots, seeds
 
     return build(run_dirs, stamps)
 
@@ -319,16 +302,28 @@ def _leaderboard_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> No
                        file_name="leaderboard.csv")
 
 
-def _model(root: str, flag: str, family: str, stamp: float) -> Any:
+def _model(entry: Any, stamp: float) -> Any:
+    """The entry's members loaded once per (run, dataset, entry, final table)."""
     import streamlit as st
 
     @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
-    def load(root: str, flag: str, family: str, stamp: float):
-        from bench.predict import load_model
+    def load(root: str, flag: str, name: str, stamp: float, _entry: Any):
+        from bench.predict import load_entry
 
-        return load_model(Path(root), flag, family)
+        return load_entry(_entry)
 
-    return load(root, flag, family, stamp)
+    return load(str(entry.run_dir), entry.dataset, entry.name, stamp, entry)
+
+
+def members_md(entry: Any) -> str:
+    """The entry and what answers for it: each member's seed run and weight."""
+    parts = [f"`{m.family}` seed run `{Path(m.run_dir).name}` (weight {m.weight:.3f})"
+             for m in entry.members]
+    notes = (["probabilities mixed by weight"] if len(parts) > 1 else []) + \
+        (["each member also scores the file mirrored left-right"] if entry.tta else [])
+    return (f"**Entry**: {entry.name}{' (picked on validation)' if entry.picked else ''}  \n"
+            f"**Members** ({len(parts)}): " + "; ".join(parts)
+            + "".join(f"; {n}" for n in notes) + ".  \nLoaded with `weights_only=True`.")
 
 
 def _upload_limit(roots: tuple[str, ...]) -> int:
@@ -343,7 +338,9 @@ def _upload_limit(roots: tuple[str, ...]) -> int:
     return min(mine, server) if server > 0 else mine
 
 
-def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
+def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str],
+                  seeds: pd.DataFrame) -> None:
+    from bench.picked import entry_from_row
     from bench.predict import THRESHOLD, VOLUME_SUFFIXES, format_predictions
 
     st.header("Predict")
@@ -355,15 +352,17 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
                              format_func=lambda p: f"{p[1]} (run {p[0]})" if multi_run else p[1])
     names, default = predictable_entries(board, run, flag)
     if not names:
-        st.error(f"{flag}: the run has no finished single model to predict with.")
+        st.error(f"{flag}: the run has no finished model to predict with.")
         return
-    family = c2.selectbox("Entry", names, index=default, key=f"entry-{run}-{flag}",
-                          help="Default: the run's pick (for a picked seed ensemble, its "
-                               "family's best-validation seed: one model scores the file).")
+    name = c2.selectbox("Entry", names, index=default, key=f"entry-{run}-{flag}",
+                        help="Default: the run's pick, served as the board scored it (a seed "
+                             "ensemble averages its seeds, a blend applies its weights).")
     root = roots[run]
+    board_row = board[(board["run"] == run) & (board["dataset"] == flag)
+                & (board["family"] == name)].iloc[0]
     try:
-        model = _model(root, flag, family,
-                       (Path(root) / "final.parquet").stat().st_mtime)
+        entry = entry_from_row(board_row, seeds)
+        model = _model(entry, (Path(root) / "final.parquet").stat().st_mtime)
     except UserError as e:
         st.error(str(e))
         return
@@ -374,19 +373,15 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
                               type=list(accepted_suffixes(model.dims)), max_upload_size=max_mb,
                               help=f"Up to {max_mb} MB; larger images are refused, not "
                                    "decoded.")
-    metrics = model_metrics(model.path)
-    entry = board[(board["run"] == run) & (board["dataset"] == flag)
-                  & (board["family"] == family)].iloc[0]
     left, right = st.columns([3, 2])
     with right:
-        st.markdown(f"**Model**: {family}, seed run `{Path(model.path).name}` (best validation "
-                    "AUC of its seeds), loaded with `weights_only=True`")
+        st.markdown(members_md(entry))
         m1, m2, m3 = st.columns(3)
-        m1.metric("test AUC (this model)", _num(metrics.get("test_auc")))
-        m2.metric("test ACC (this model)", _num(metrics.get("test_acc")))
-        m3.metric("val AUC (this model)", _num(metrics.get("val_auc")))
-        st.markdown(f"**Entry over {int(entry['n_seeds'])} seeds**  \n"
-                    f"AUC {mean_std_ci(entry, 'auc')}  \nACC {mean_std_ci(entry, 'acc')}")
+        m1.metric("test AUC (this entry)", _num(board_row["test_auc_mean"]))
+        m2.metric("test ACC (this entry)", _num(board_row["test_acc_mean"]))
+        m3.metric("val score (this entry)", _num(board_row["val_score"]))
+        st.markdown(f"**Entry over {int(board_row['n_seeds'])} seeds**  \n"
+                    f"AUC {mean_std_ci(board_row, 'auc')}  \nACC {mean_std_ci(board_row, 'acc')}")
     if upload is None:
         left.info(f"Upload {kind} to classify it with the {flag} model.")
         return
@@ -409,7 +404,7 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> None:
         _bar_chart(st, table, info.multi_label)
         st.table(table, hide_index=True)
         with st.expander("As `medbench predict --format json` prints it"):
-            st.code(format_predictions(model.path, [row], "json"), language="json")
+            st.code(format_predictions(model, [result.row], "json"), language="json")
     with right:
         st.image(preview(result.model_input, model.dims),
                  caption=f"{upload.name} as the model sees it "

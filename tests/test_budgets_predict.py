@@ -54,8 +54,8 @@ def test_predict_uses_the_final_model_and_matches_its_scores(tmp_path):
         Image.fromarray(np.load(data_dir / "breastmnist.npz")["test_images"][i]).save(path)
         images.append(path)
 
-    model_dir, rows = predict(run, "breastmnist", images)
-    assert model_dir == run / rel
+    m, rows = predict(run, "breastmnist", images)
+    assert m.path == run / rel and m.entry.name == "cnn_small"  # one seed: the entry is it
     for i, row in enumerate(rows):
         assert row["probabilities"] == pytest.approx(result.test_scores[i].tolist(), abs=1e-3)
         assert row["class"] == int(np.argmax(result.test_scores[i]))

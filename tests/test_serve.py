@@ -281,8 +281,11 @@ def test_leaderboard_view_shows_report_figures(trained, tmp_path) -> None:
 def test_predictor_matches_medbench_predict_json(trained) -> None:
     at = _predict_page(trained["breast"])
     assert not at.exception and not at.error
+    from bench.leaderboard import build_leaderboard
+
+    board = build_leaderboard(trained["breast"])
     entry = at.selectbox[1]
-    assert entry.value == "cnn_small"  # the only single-model entry; picked may be its ensemble
+    assert entry.value == board.loc[board["picked"], "family"].item()  # the run's pick
     png = trained["png"]
     at.file_uploader[0].set_value((png.name, png.read_bytes(), "image/png")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -294,7 +297,7 @@ def test_predictor_matches_medbench_predict_json(trained) -> None:
     assert list(table["probability"]) == [f"{p:.4f}" for p in expected["probabilities"]]
     assert list(table["predicted"]).index("yes") == expected["class"]
     metric_labels = [m.label for m in at.metric]
-    assert "test AUC (this model)" in metric_labels and "test ACC (this model)" in metric_labels
+    assert "test AUC (this entry)" in metric_labels and "test ACC (this entry)" in metric_labels
 
 
 def test_multi_label_predictions_are_thresholded_like_predict(trained) -> None:
