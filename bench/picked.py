@@ -94,6 +94,15 @@ def _seeds(run_dir: Path) -> pd.DataFrame:
     return load_seeds(run_dir)
 
 
+def representative_seed(seeds: pd.DataFrame) -> pd.Series | None:
+    """A single-model entry's seed that answers for it: the one with the best validation AUC
+    (one real model, chosen on validation). The report shows this seed's figures, so the
+    page and `predict` serve the same one."""
+    if seeds.empty:
+        return None
+    return seeds.loc[pd.to_numeric(seeds["val_auc"]).idxmax()]
+
+
 def entry_from_row(row: pd.Series, seeds: pd.DataFrame) -> Entry:
     """A board row and its run's final rows (`load_seeds`) -> the entry with its members."""
     from bench.leaderboard import entry_tta, entry_weights
@@ -106,8 +115,8 @@ def entry_from_row(row: pd.Series, seeds: pd.DataFrame) -> Entry:
     members: list[Member] = []
     for family, weight in entry_weights(row).items():
         own = mine[mine["family"] == family]
-        if row["kind"] != "ensemble":  # one model answers for a single-model entry
-            own = own.loc[[pd.to_numeric(own["val_auc"]).idxmax()]] if len(own) else own
+        if row["kind"] != "ensemble" and len(own):  # one model answers for a single entry
+            own = own.loc[[representative_seed(own).name]]
         if own.empty:
             raise UserError(f"{row['family']} ({row['dataset']}): its member family {family} "
                             "has no finished seed in final.parquet")

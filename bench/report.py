@@ -70,6 +70,7 @@ from bench.leaderboard import (
     run_labels,
     summarize,
 )
+from bench.picked import representative_seed  # the seed predict serves, too
 from bench.provenance import reproduce_md, rules_md, statistics_md
 from bench.ranks import cd_table, friedman_nemenyi
 from bench.ranks import mean_ranks as mean_ranks  # re-exported: tests and callers read it here
@@ -140,13 +141,6 @@ def entry_seeds(seeds: pd.DataFrame, entry: pd.Series) -> pd.DataFrame:
          & seeds["family"].isin(list(entry_weights(entry)))
          & (seeds["size"] == int(entry["size"])) & (seeds["status"] == "ok"))
     return seeds[m]
-
-
-def representative_seed(seeds: pd.DataFrame) -> pd.Series | None:
-    """The entry's seed with the best validation AUC: one real model, picked on validation."""
-    if seeds.empty:
-        return None
-    return seeds.loc[pd.to_numeric(seeds["val_auc"]).idxmax()]
 
 
 def _across_md(board: pd.DataFrame, figs: Path, rel: str) -> list[str]:
