@@ -52,17 +52,22 @@ def _full(t: dict[str, Any]) -> bool:
 def choose_configs(candidates: dict[tuple[str, str], list[dict]],
                    reruns: list[dict[str, Any]]) -> dict[tuple[str, str], dict]:
     """The config per (dataset, family) with the best mean validation score over the search
-    trial (when it trained to full fidelity) and its re-runs (`candidate` = the trial id)."""
+    trial (when it trained to full fidelity) and its successful re-runs (`candidate` = the
+    trial id). An ASHA-stopped trial's own score is from a shorter schedule, so it is never
+    averaged in; a candidate with no full-length result at all (stopped, every re-run failed)
+    ranks below every candidate that has one, whatever its stopped score. Ties: the first
+    candidate (top_candidates' order)."""
     runs: dict[str, list[float]] = defaultdict(list)
     for r in reruns:
-        if r.get("status", "ok") == "ok" and r.get("val_auc") is not None:
+        if r.get("status", "ok") == "ok" and r.get("val_auc") is not None \
+                and r.get("val_acc") is not None:
             runs[r["candidate"]].append(score(r["val_auc"], r["val_acc"]))
     chosen = {}
     for key, cands in candidates.items():
-        def mean_score(t: dict) -> float:
+        def rank(t: dict) -> tuple[bool, float]:
             values = runs[t["trial_id"]] + ([_trial_score(t)] if _full(t) else [])
-            return sum(values) / len(values) if values else _trial_score(t)
-        chosen[key] = dict(max(cands, key=mean_score)["config"])
+            return (True, sum(values) / len(values)) if values else (False, _trial_score(t))
+        chosen[key] = dict(max(cands, key=rank)["config"])
     return chosen
 
 
