@@ -252,15 +252,13 @@ def plan_pairs(spec: Spec, n_train: dict[str, int]) -> dict[tuple[str, str], dic
 
 
 def best_configs(trials: list[dict]) -> dict[tuple[str, str], dict]:
-    """Per (dataset, family): the config of the trial with the best validation AUC."""
-    best: dict[tuple[str, str], dict] = {}
-    for t in trials:
-        if t["status"] != "ok" or t["best_val_auc"] is None:
-            continue
-        key = (t["dataset"], t["family"])
-        if key not in best or t["best_val_auc"] > best[key]["best_val_auc"]:
-            best[key] = t
-    return {k: dict(v["config"]) for k, v in best.items()}
+    """Per (dataset, family): the config of the trial bench.selection ranks first (one that
+    trained its full epochs before any ASHA-stopped one, then the validation score of both
+    metrics). The selection phase starts from the same ranking, so a spec with and one without
+    re-runs choose by one rule, and a trial stopped on a short schedule never wins on it."""
+    from bench.selection import top_candidates
+
+    return {k: dict(c[0]["config"]) for k, c in top_candidates(trials, 1).items()}
 
 
 def selection_jobs(spec: Spec, candidates: dict[tuple[str, str], list[dict]],
@@ -610,8 +608,6 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
             for key in [k for k in candidates if k[0] == flag]:
                 candidates[key] = candidates[key][:p["top_k"]]
             _echo_cut(echo, flag, p, spec, "selection")
-        configs.update({k: dict(c[0]["config"]) for k, c in
-                        top_candidates(out["trials"], 1).items()})
         candidates = {k: c for k, c in candidates.items() if c}
         jobs = selection_jobs(spec, candidates, {d: p["seeds"] for d, p in plans_left.items()})
         if jobs:
