@@ -29,6 +29,7 @@ from bench.results import (
     write_table,
     write_yaml,
 )
+from bench.run_spaces import write_spaces
 from bench.runlock import lock_run
 from bench.spaces import Spec
 
@@ -144,6 +145,7 @@ def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
                             "same options, or choose another --name")
         return True
     write_yaml(spec_file, spec.to_dict())
+    write_spaces(run_dir, spec)  # the spaces searched, as they were (bench.run_spaces)
     return False
 
 

@@ -3,6 +3,7 @@
 A run directory (``runs/<name>/``) is self-describing:
 
     spec.yaml            the resolved experiment spec
+    spaces.yaml          per family, the search space it searched (bench.run_spaces)
     meta.json            package version, git commit, hardware, start/end, wall seconds
     trials.parquet       one row per search trial   (TRIAL_COLUMNS)
     selection.parquet    one row per selection re-run (SELECTION_COLUMNS)

@@ -122,13 +122,14 @@ def _widen(dist, values: list):
 
 
 def search_distributions(run_dir: Path, family: str, configs: list[dict]) -> dict[str, Any]:
-    """The searched parameters of one family as Optuna distributions: the run's spec overrides
-    over the family's space (bench.spaces.load_family_space), widened to the observed values."""
-    from bench.spaces import load_family_space
+    """The searched parameters of one family as Optuna distributions: the space the run saved
+    (spaces.yaml, bench.run_spaces), else the run's spec overrides over today's family space
+    (older runs), widened to the observed values."""
+    from bench.run_spaces import family_space
 
     spec = _read_spec(run_dir)
     try:
-        space = load_family_space(family, (spec.get("overrides") or {}).get(family))
+        space = family_space(run_dir, family, (spec.get("overrides") or {}).get(family))
     except UserError as e:
         warnings.warn(f"{run_dir}: search space of {family!r} not loadable ({e}); using the "
                       "ranges of the values its trials took", stacklevel=2)

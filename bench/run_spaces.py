@@ -1,0 +1,50 @@
+"""The search spaces a run searched, saved beside its spec: `spaces.yaml`, per family the
+parameters after the spec's overrides (common.yaml + <family>.yaml + overrides, validated).
+
+Why: spec.yaml names the families and overrides, not the spaces themselves, which live in
+search_spaces/*.yaml and change with the code. A report or study rebuilt months later from
+spec.yaml alone would describe today's ranges, not the ones the trials were drawn from. Runs
+made before this file existed have none; readers then fall back to today's YAML (and
+bench.studies widens it to the values the trials took).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SPACES_FILE = "spaces.yaml"
+
+
+def write_spaces(run_dir: Path, spec: Any) -> Path:
+    """Write `spec`'s resolved per-family spaces (`Spec.spaces()`) to run_dir/spaces.yaml,
+    atomically; returns the path."""
+    from bench.results import write_yaml
+
+    return write_yaml(Path(run_dir) / SPACES_FILE, spec.spaces())
+
+
+def read_spaces(run_dir: Path) -> dict[str, dict[str, dict]] | None:
+    """The run's saved spaces (family -> parameter -> definition), or None when the run has
+    no readable spaces.yaml (made before it was written)."""
+    import yaml
+
+    path = Path(run_dir) / SPACES_FILE
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def family_space(run_dir: Path, family: str,
+                 overrides: dict[str, Any] | None = None) -> dict[str, dict]:
+    """One family's space as the run searched it: its saved copy when spaces.yaml holds the
+    family, else today's (`load_family_space` with the spec's `overrides`), which raises
+    UserError when the family can no longer be loaded."""
+    saved = (read_spaces(run_dir) or {}).get(family)
+    if isinstance(saved, dict):
+        return saved
+    from bench.spaces import load_family_space
+
+    return load_family_space(family, overrides)

@@ -1,0 +1,63 @@
+"""spaces.yaml: a run saves the search spaces it searched (after the spec's overrides) beside
+spec.yaml, and the studies behind the report read that copy, not today's search_spaces/*.yaml;
+runs made before the file existed fall back to today's YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bench.experiment import prepare_run_dir
+from bench.run_spaces import SPACES_FILE, family_space, read_spaces
+from bench.spaces import build_spec, load_family_space
+from bench.studies import search_distributions
+
+RAW = {"name": "spaces", "datasets": ["breastmnist"], "families": ["mlp", "cnn_small"],
+       "num_samples": 1, "max_epochs": 1, "scheduler": "fifo", "final_seeds": 0,
+       "verify_md5": False, "resources": {"cpu": 1, "gpu": 0},
+       "overrides": {"mlp": {"hidden": {"values": [32, 64]}, "lr": 0.01}}}
+
+
+def test_a_fresh_run_directory_saves_the_resolved_spaces_beside_its_spec(tmp_path: Path):
+    spec = build_spec(dict(RAW))
+    run_dir = tmp_path / "run"
+    assert prepare_run_dir(run_dir, spec) is False
+    saved = yaml.safe_load((run_dir / SPACES_FILE).read_text())
+    assert saved == spec.spaces() and list(saved) == ["mlp", "cnn_small"]
+    assert saved["mlp"]["hidden"] == {"values": [32, 64]}  # the override, not mlp.yaml's
+    assert saved["mlp"]["lr"] == {"value": 0.01}
+    # a resume finds the same spec and leaves the saved copy as it was
+    (run_dir / SPACES_FILE).write_text(yaml.safe_dump({"mlp": {"hidden": {"values": [7]}}}))
+    assert prepare_run_dir(run_dir, spec) is True
+    assert read_spaces(run_dir) == {"mlp": {"hidden": {"values": [7]}}}
+
+
+def test_studies_read_the_saved_spaces_not_todays_yaml(tmp_path: Path):
+    """The saved mlp space searched hidden in {7, 9} and dropout in [0, 0.9]; today's mlp.yaml
+    says {256, 512, 1024} and [0, 0.5]. The study's distributions follow the run."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / SPACES_FILE).write_text(yaml.safe_dump({"mlp": {
+        "hidden": {"values": [7, 9]},
+        "dropout": {"distribution": "uniform", "min": 0.0, "max": 0.9}}}))
+    configs = [{"hidden": 7, "dropout": 0.8}, {"hidden": 9, "dropout": 0.1}]
+    dists = search_distributions(run_dir, "mlp", configs)
+    assert list(dists["hidden"].choices) == [7, 9]
+    assert (dists["dropout"].low, dists["dropout"].high) == (0.0, 0.9)
+    assert "lr" not in dists  # not in the run's space, though common.yaml searches it today
+
+
+def test_a_run_without_spaces_yaml_falls_back_to_todays_space(tmp_path: Path):
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    assert read_spaces(run_dir) is None
+    assert family_space(run_dir, "mlp") == load_family_space("mlp")
+    overrides = {"hidden": {"values": [5, 6]}}
+    assert family_space(run_dir, "mlp", overrides)["hidden"] == {"values": [5, 6]}
+    # a saved file without this family: today's space for it too
+    (run_dir / SPACES_FILE).write_text(yaml.safe_dump({"cnn_small": {"lr": {"value": 0.1}}}))
+    assert family_space(run_dir, "mlp") == load_family_space("mlp")
+    # an unreadable file counts as none
+    (run_dir / SPACES_FILE).write_text("mlp: [unclosed")
+    assert read_spaces(run_dir) is None
