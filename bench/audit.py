@@ -9,8 +9,8 @@ Methods (the threshold is justified on planted pairs in reports/audit.md):
 
 - Exact and near duplicates: bench.duplicates (identical bytes; a shift-tolerant low-resolution
   embedding within NEAR_THRESHOLD in cosine distance), train/val against test.
-- Blank images: pixel standard deviation below BLANK_STD grey levels. Intensity outliers:
-  mean intensity more than OUTLIER_Z robust z-scores (median/MAD) from the file's median.
+- Blank images (pixel std below BLANK_STD), intensity outliers (more than OUTLIER_Z robust
+  z-scores from the file's median) and label balance: bench.image_checks.
 
 Results are cached per file md5 (and AUDIT_VERSION), written atomically into the data root's
 `.medbench-audit/` folder, or the user cache when the data root is read-only (bench.audit_cache).
@@ -52,10 +52,12 @@ from bench.duplicates import (
     shift_step,
 )
 from bench.errors import UserError
-
-BLANK_STD = 2.0  # grey levels (of 255)
-OUTLIER_Z = 6.0
-
+from bench.image_checks import (
+    BLANK_STD,
+    OUTLIER_Z,
+    intensity_checks,
+    label_summary,
+)
 
 # --- loading -----------------------------------------------------------------------------------
 
@@ -73,39 +75,6 @@ def load_for_audit(flag: str, size: int = 28, data_dir: str | Path | None = None
                    else v) for k, v in arrays.items()}
     _check_arrays(info, size, clipped, path)
     return arrays, path
-
-
-# --- intensities and labels --------------------------------------------------------------------
-
-def intensity_stats(images: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image mean and standard deviation of the pixel values (grey levels), chunked."""
-    n = len(images)
-    mean, std = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    for i in range(0, n, chunk):
-        x = images[i:i + chunk].reshape(min(chunk, n - i), -1).astype(np.float32)
-        mean[i:i + chunk], std[i:i + chunk] = x.mean(1), x.std(1)
-    return mean, std
-
-
-def label_summary(labels: np.ndarray, info: DatasetInfo) -> dict[str, Any]:
-    """Counts per class (positives per label for multi-label), imbalance ratio (largest over
-    smallest count; inf when a class is absent), values outside the task's range."""
-    top = 1 if info.multi_label else info.n_classes - 1
-    y = labels.astype(np.int64)
-    out_of_range = int(((y < 0) | (y > top)).sum())
-    if info.multi_label:
-        counts = [int(c) for c in (y == 1).sum(0)]
-    else:
-        counts = [int((y[:, 0] == c).sum()) for c in range(info.n_classes)]
-    lo, hi = min(counts), max(counts)
-    out = {"counts": counts, "imbalance_ratio": (hi / lo) if lo else float("inf"),
-           "out_of_range": out_of_range}
-    if info.multi_label:
-        pos = (y == 1).astype(np.int64)
-        out["cooccurrence"] = (pos.T @ pos).tolist()
-        out["no_label"] = int((pos.sum(1) == 0).sum())
-        out["labels_per_image_mean"] = float(pos.sum(1).mean()) if len(pos) else 0.0
-    return out
 
 
 def labels_hash(labels: np.ndarray) -> str:
@@ -144,18 +113,7 @@ def audit_arrays(info: DatasetInfo, size: int, arrays: dict[str, np.ndarray]) ->
                                                     labels[b][p[f"{b}_index"]]))
     leaky = sorted({p["test_index"] for k in ("train-test", "val-test")
                     for p in exact["across"][k] + near[k]})
-    blank, outliers, intensity = {}, {}, {}
-    means = {s: intensity_stats(images[s]) for s in SPLITS}
-    all_means = np.concatenate([m for m, _ in means.values()])
-    med = float(np.median(all_means)) if len(all_means) else 0.0
-    mad = float(np.median(np.abs(all_means - med))) * 1.4826 if len(all_means) else 0.0
-    for s, (m, sd) in means.items():
-        blank[s] = np.flatnonzero(sd < BLANK_STD).tolist()
-        z = np.abs(m - med) / max(mad, 1e-6)
-        outliers[s] = np.flatnonzero(z > OUTLIER_Z).tolist()
-        intensity[s] = {"mean": float(m.mean()) if len(m) else 0.0,
-                        "min": int(images[s].min()) if images[s].size else 0,
-                        "max": int(images[s].max()) if images[s].size else 0}
+    blank, outliers, intensity = intensity_checks(images)
     return {
         "flag": info.flag, "size": size, "task": info.task, "dims": info.dims,
         "audit_version": AUDIT_VERSION,

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.audit import BLANK_STD, OUTLIER_Z
 from bench.data import SPLITS, dataset_info
 from bench.duplicates import EXACT_PAIRS, GRID, NEAR_PAIRS, NEAR_THRESHOLD
+from bench.image_checks import BLANK_STD, OUTLIER_Z
 
 # --- figure ------------------------------------------------------------------------------------
 
