@@ -75,6 +75,7 @@ from bench.provenance import reproduce_md, rules_md, statistics_md
 from bench.ranks import cd_table, friedman_nemenyi
 from bench.ranks import mean_ranks as mean_ranks  # re-exported: tests and callers read it here
 from bench.results import SELECTION_COLUMNS, read_table, write_text
+from bench.run_spaces import SPACES_FILE
 from bench.score_stats import (
     N_BINS,
     class_mix,
@@ -512,9 +513,11 @@ def _runs_md(paths: list[Path]) -> list[str]:
         if (p / STUDIES_FILE).is_file():
             out.append(f"- search studies: `{p / STUDIES_FILE}` (one Optuna study per "
                        "dataset/family: `optuna-dashboard sqlite:///" f"{p / STUDIES_FILE}`)")
-        if (p / "spec.yaml").is_file():
-            out += ["", "<details><summary>spec.yaml</summary>", "", "```yaml",
-                    (p / "spec.yaml").read_text().rstrip(), "```", "", "</details>"]
+        for name, what in (("spec.yaml", "spec.yaml"),
+                           (SPACES_FILE, f"{SPACES_FILE} (the search spaces as searched)")):
+            if (p / name).is_file():
+                out += ["", f"<details><summary>{what}</summary>", "", "```yaml",
+                        (p / name).read_text().rstrip(), "```", "", "</details>"]
         out.append("")
     return out
 

@@ -61,3 +61,14 @@ def test_a_run_without_spaces_yaml_falls_back_to_todays_space(tmp_path: Path):
     # an unreadable file counts as none
     (run_dir / SPACES_FILE).write_text("mlp: [unclosed")
     assert read_spaces(run_dir) is None
+
+
+def test_the_report_shows_the_saved_spaces_beside_the_spec(tmp_path: Path):
+    from bench.report import _runs_md
+
+    run_dir = tmp_path / "run"
+    prepare_run_dir(run_dir, build_spec(dict(RAW)))
+    text = "\n".join(_runs_md([run_dir]))
+    assert "<summary>spec.yaml</summary>" in text
+    assert f"<summary>{SPACES_FILE} (the search spaces as searched)</summary>" in text
+    assert "- 32\n" in text  # the mlp override's hidden sizes, as saved
