@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -129,6 +130,25 @@ def test_a_candidate_without_any_full_length_result_ranks_last():
 def test_score_is_the_mean_of_val_auc_and_val_acc():
     assert score(0.9, 0.6) == pytest.approx(0.75)
     assert selection.VAL_KEYS == ("val_auc", "val_acc")  # no test key in the rule's inputs
+
+
+# --- the blend's starting member ---------------------------------------------------------------
+
+def test_the_blends_best_single_member_is_by_the_validation_score_not_auc_or_test():
+    """Member `a` ranks perfectly (val AUC 1.0) but calls every image positive (ACC 0.5): score
+    0.75. Member `b`: AUC 0.889, ACC 0.833, score 0.861. By AUC alone `a`; by the rule `b`,
+    in either member order (no first-member bias)."""
+    from bench import ensemble
+
+    y = np.array([[0], [0], [0], [1], [1], [1]])
+
+    def two(p: list[float]) -> np.ndarray:
+        p1 = np.asarray(p)
+        return np.stack([1 - p1, p1], axis=1)
+
+    a, b = two([0.6, 0.6, 0.6, 0.9, 0.9, 0.9]), two([0.1, 0.2, 0.45, 0.4, 0.8, 0.9])
+    assert list(ensemble.best_single([a, b], y, "binary-class")) == [0.0, 1.0]
+    assert list(ensemble.best_single([b, a], y, "binary-class")) == [1.0, 0.0]
 
 
 # --- training: which epoch's weights are kept --------------------------------------------------
