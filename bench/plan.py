@@ -8,10 +8,12 @@ test set can detect.
 
 Where the numbers come from:
 
-* This machine: a short calibration (`calibrate`): each family, in a typical configuration
-  of its search space (the middle of every listed choice: batch size, width, depth), trains
-  four tiny epochs of synthetic data of the dataset's shape with the threads a trial gets; the
-  fastest warm epoch's images per second are kept, cached per machine in
+* This machine: a short calibration (`calibrate`): each family trains four tiny epochs of
+  synthetic data of the dataset's shape with the threads a trial gets, in CALIBRATION_CONFIGS
+  configurations of its search space (the typical one, the middle of every listed choice, and
+  seeded draws from the space: a trial's cost varies several-fold with width and batch size,
+  and the one middle configuration under-priced the trials a search runs); the mean seconds
+  per image over them (the median warm epoch of each) are kept, cached per machine in
   `$XDG_CACHE_HOME/medbench/throughput.json`. Scoring (val every epoch, val and test at the
   end) is costed at EVAL_SPEEDUP x the training rate (forward only, no augmentation);
   TRIAL_OVERHEAD_S covers a trial's start, reports and records.
@@ -48,6 +50,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.spaces import Spec
 
+CALIBRATION_CONFIGS = 6  # a balanced design over the space: each of 2 or 3 choices equally often
 EVAL_SPEEDUP = 3.0  # scoring an image costs ~1/3 of training on it (forward only)
 TRIAL_OVERHEAD_S = 1.5  # a trial's start, per-epoch reports and completion record
 # published ResNet-50 v1.5 training rate, 1x A100 80GB, AMP (NVIDIA DeepLearningExamples)
@@ -80,6 +83,32 @@ def typical_config(spec: Spec, family: str) -> dict[str, Any]:
     return out
 
 
+def calibration_configs(spec: Spec, family: str) -> list[dict[str, Any]]:
+    """The configurations a family's rate is measured in: a balanced design over its search
+    space (each listed choice equally often, each range at evenly spaced quantiles, paired
+    across parameters by seeded permutations: the same on every machine, so cached rates
+    compare). A random searcher's trials cost the mean of these; a search that settles on the
+    costliest choices costs up to the slowest."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = CALIBRATION_CONFIGS
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, p in spec.spaces()[family].items():
+        order = rng.permutation(n)
+        for cfg, k in zip(out, order, strict=True):
+            if "values" in p and p["values"]:
+                cfg[name] = p["values"][int(k) % len(p["values"])]
+            elif "value" in p:
+                cfg[name] = p["value"]
+            elif "min" in p and "max" in p:
+                lo, hi, q = float(p["min"]), float(p["max"]), (int(k) + 0.5) / n
+                log = "log" in str(p.get("distribution")) and lo > 0
+                x = math.exp(math.log(lo) + q * math.log(hi / lo)) if log else lo + q * (hi - lo)
+                cfg[name] = round(x) if "int" in str(p.get("distribution")) else x
+    return out
+
+
 def _cache_file() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "medbench" / "throughput.json"
@@ -98,39 +127,47 @@ def _key(family: str, flag: str, size: int, threads: int, device: str) -> str:
     from bench.data import dataset_info
 
     i = dataset_info(flag)
-    return f"{family}|{i.dims}d{i.n_channels}ch{size}|{threads}t|{device}"
+    # `mix`: rates over the calibration configurations (older caches held one configuration's)
+    return f"{family}|{i.dims}d{i.n_channels}ch{size}|{threads}t|{device}|mix{CALIBRATION_CONFIGS}"
 
 
 def measure(spec: Spec, family: str, flag: str, threads: int, device: str) -> dict[str, float]:
-    """Train `family` (typical config) for four epochs of 2 batches of synthetic `flag`-shaped
-    data with `threads` torch threads; returns the training images per second of the fastest
-    warm epoch (the first warms up; on a shared machine the fastest is the least disturbed)
-    and the training FLOPs per image."""
+    """Train `family` in each calibration configuration for four epochs of 2 batches of
+    synthetic `flag`-shaped data with `threads` torch threads; returns the training images per
+    second over them all (the mean seconds per image, each configuration's median warm epoch:
+    the first epoch warms up) and of the slowest, the training FLOPs per image (the family's
+    default model) and the typical configuration's batch size (the GPU estimates' step floor)."""
     import numpy as np
     import torch
 
     from bench.data import dataset_info, from_arrays, synthetic_arrays
     from bench.train import TrainConfig, fit
 
-    cfg = typical_config(spec, family)
-    batch = int(cfg.get("batch_size", 128))
+    configs = calibration_configs(spec, family)
+    batch = int(typical_config(spec, family).get("batch_size", 128))
     before, np_state = torch.get_num_threads(), np.random.get_state()
+    per_image, flops = [], 0.0
     # `fit` seeds torch and numpy: the caller's random streams are put back as they were
     with torch.random.fork_rng(devices=[]):
         try:
             torch.set_num_threads(threads)
-            arrays = synthetic_arrays(flag, spec.size, n=(2 * batch, 16, 16), seed=0)
-            data = from_arrays(dataset_info(flag), spec.size, arrays).to(device)
-            conf = TrainConfig.from_dict({**cfg, "dataset": flag, "model": family,
-                                          "size": spec.size, "epochs": 4, "seed": 0,
-                                          "threads": threads, "device": device})
-            result = fit(conf, data)
-            flops = training_flops_per_image(family, data)
+            for i, cfg in enumerate(configs):
+                b = int(cfg.get("batch_size", 128))
+                arrays = synthetic_arrays(flag, spec.size, n=(2 * b, 16, 16), seed=0)
+                data = from_arrays(dataset_info(flag), spec.size, arrays).to(device)
+                conf = TrainConfig.from_dict({**cfg, "dataset": flag, "model": family,
+                                              "size": spec.size, "epochs": 4, "seed": 0,
+                                              "threads": threads, "device": device})
+                result = fit(conf, data)
+                per_image.append(float(np.median([float(h["epoch_s"])
+                                                  for h in result.history[1:]])) / (2 * b))
+                if i == 0:
+                    flops = training_flops_per_image(family, data)
         finally:
             torch.set_num_threads(before)
             np.random.set_state(np_state)
-    fastest = min(float(h["epoch_s"]) for h in result.history[1:])  # warm, least disturbed
-    return {"train_ips": 2 * batch / max(fastest, 1e-9),
+    return {"train_ips": 1.0 / max(float(np.mean(per_image)), 1e-12),
+            "slowest_ips": 1.0 / max(max(per_image), 1e-12),
             "flops_per_image": flops, "batch_size": batch}
 
 
@@ -193,19 +230,38 @@ def calibrate(spec: Spec, threads: int, device: str = "cpu", refresh: bool = Fal
 
 # --- costs --------------------------------------------------------------------------------------
 
-def asha_epochs(epochs: int, grace: int, rf: float) -> float:
+def promotion_odds(m: int, rf: float) -> float:
+    """The chance that a trial reaching an ASHA rung after `m` others goes on: Ray's async
+    ASHA stops it below the (1 - 1/rf) quantile of the m scores recorded there before it
+    (linear interpolation), so with exchangeable scores the chance is
+    (m/rf + 1 - 1/rf) / (m + 1): 1 for the first, 1/2 for the second, tending to 1/rf."""
+    return 1.0 if m == 0 else (m / rf + 1 - 1 / rf) / (m + 1)
+
+
+def _promoted(arrivals: float, rf: float) -> float:
+    """Expected trials going on from a rung that `arrivals` trials reach (fractional counts
+    interpolate)."""
+    whole = int(arrivals)
+    total = sum(promotion_odds(m, rf) for m in range(whole))
+    return total + (arrivals - whole) * promotion_odds(whole, rf)
+
+
+def asha_epochs(epochs: int, grace: int, rf: float, trials: float | None = None) -> float:
     """Expected epochs of a search trial under ASHA: every trial trains to the first rung
-    (`grace`), and each rung (grace x rf^k, below `epochs`) lets 1/rf of those reaching it on."""
+    (`grace`), and each rung (grace x rf^k, below `epochs`) lets trials on by
+    `promotion_odds`; with `trials` unknown, 1/rf of those reaching it (the many-trial
+    limit; a few trials go on far more often: the first at every rung always does)."""
     if grace >= epochs:
         return float(epochs)
     rungs = [grace]
     while rungs[-1] * rf < epochs:
         rungs.append(rungs[-1] * rf)
-    total, reach = float(grace), 1.0
+    n = float(trials) if trials else 1.0
+    total, reach = float(grace) * n, n
     for a, b in zip(rungs, [*rungs[1:], epochs], strict=True):
-        reach /= rf
+        reach = _promoted(reach, rf) if trials else reach / rf
         total += (b - a) * reach
-    return total
+    return total / n
 
 
 @dataclass
@@ -221,11 +277,13 @@ class Profile:
     threads: int = 1
     device: str = "cpu"
 
+    slowest: bool = False  # price every trial at the space's costliest calibrated config
+
     def train_s(self, family: str, flag: str, size: int) -> float:
         """Seconds to train one image (exclusive use of the trial's devices)."""
         r = self.rates[_key(family, flag, size, self.threads, self.device)]
         if not self.estimate:
-            return 1.0 / r["train_ips"]
+            return 1.0 / r["slowest_ips" if self.slowest else "train_ips"]
         return max(r["flops_per_image"] / self.flops_per_s, GPU_STEP_FLOOR_S / r["batch_size"])
 
 
@@ -278,7 +336,8 @@ def plan_dataset(spec: Spec, flag: str, p: Profile, slots: int) -> list[dict[str
         if spec.scheduler == "asha":
             grace = (max(1, round(float(spec.fidelity.get("grace_fraction", 1 / 3)) * epochs))
                      if spec.fidelity else b["grace_period"])
-            search_epochs = asha_epochs(epochs, grace, float(spec.reduction_factor))
+            search_epochs = asha_epochs(epochs, grace, float(spec.reduction_factor),
+                                        None if budgeted else b["num_samples"])
         else:
             search_epochs = float(epochs)
         cost = _run_s(p, f, flag, spec.size, search_epochs) * p.held
@@ -374,7 +433,8 @@ def make_plan(spec: Spec, workers: int | None = None, refresh: bool = False) -> 
         "machine": {"cpus": node["CPU"], "gpus": node["GPU"], "per_trial": describe(res),
                     "trial_slots": here_slots, "platform": platform.machine()},
         "rates": {k: v if "error" in v else
-                  {kk: v[kk] for kk in ("train_ips", "flops_per_image", "batch_size")}
+                  {kk: v[kk] for kk in ("train_ips", "slowest_ips", "flops_per_image",
+                                        "batch_size")}
                   for k, v in rates.items()},
         "assumptions": {"eval_speedup": EVAL_SPEEDUP, "trial_overhead_s": TRIAL_OVERHEAD_S,
                         "a100_resnet50_img_s": A100_RESNET50_IMG_S,
@@ -388,6 +448,17 @@ def make_plan(spec: Spec, workers: int | None = None, refresh: bool = False) -> 
             "estimate": p.estimate, "unit": p.unit, "held_per_trial": p.held, "rows": rows,
             "device_s": total, "trials": sum(r["trials"] for r in rows),
             "wall_s": total / (slots * p.held)}
+    # the bound: a search that settles on the space's costliest configurations (it often
+    # does: wider models score higher) re-runs and trains its final seeds on those too
+    slow = Profile(here.name, False, here.held, here.unit, rates, threads=threads,
+                   device=device, slowest=True)
+    high = {(r["dataset"], r["family"]): r["device_s"]
+            for flag in spec.datasets for r in plan_dataset(spec, flag, slow, slots)}
+    for r in out["profiles"][here.name]["rows"]:
+        r["device_s_high"] = high.get((r["dataset"], r["family"]), r["device_s"])
+    mine = out["profiles"][here.name]
+    mine["device_s_high"] = sum(r["device_s_high"] for r in mine["rows"])
+    mine["wall_s_high"] = mine["device_s_high"] / (slots * here.held)
     for flag in spec.datasets:
         out["detectable"][flag] = detectable_acc(flag, spec.size)
     return out
@@ -426,7 +497,9 @@ def summary_line(plan: dict[str, Any]) -> str:
                     for f, d in plan["detectable"].items())
     broken = sorted({f"{r['family']} ({r['error']})" for r in rows if r.get("error")})
     return (f"plan: ~{trials:.0f} search trials + {more} re-runs/final seeds, "
-            f"~{here['device_s']:,.0f} {here['unit']}-s here (~{_dur(here['wall_s'])} on "
+            f"~{here['device_s']:,.0f} {here['unit']}-s here, up to "
+            f"{here['device_s_high']:,.0f} on its costliest configurations "
+            f"(~{_dur(here['wall_s'])}-{_dur(here['wall_s_high'])} on "
             f"{plan['slots']} trial slots); smallest detectable ACC difference: {det}"
             + (f"; CANNOT TRAIN here: {'; '.join(broken)}" if broken else "")
             + " (`medbench plan` for details)")
@@ -445,7 +518,7 @@ def format_plan(plan: dict[str, Any]) -> str:
              f"{m['trial_slots']} trial slot(s); {plan['slots']} slot(s) assumed below",
              "",
              f"{'dataset':<15}{'family':<13}{'images/trial':>13}{'trials':>8}{'re-runs':>8}"
-             f"{'seeds':>6}{'images':>9}{'device-s':>10}"
+             f"{'seeds':>6}{'images':>9}{'device-s':>10}{'up to':>8}"
              + "".join(f"{g + ' GPU-s*':>13}" for g in gpus)]
     est = {g: {(r["dataset"], r["family"]): r for r in plan["profiles"][g]["rows"]}
            for g in gpus}
@@ -457,13 +530,15 @@ def format_plan(plan: dict[str, Any]) -> str:
             continue
         lines.append(f"{r['dataset']:<15}{r['family']:<13}{_n(r['trial_images']):>13}"
                      f"{r['trials']:>8.0f}{r['reruns']:>8}{r['final_seeds']:>6}"
-                     f"{_n(r['images']):>9}{r['device_s']:>10,.0f}"
+                     f"{_n(r['images']):>9}{r['device_s']:>10,.0f}{r['device_s_high']:>8,.0f}"
                      + "".join(f"{est[g][k]['device_s']:>13,.0f}" for g in gpus))
     lines.append(f"{'total':<28}{'':>13}{here['trials']:>8.0f}{'':>8}{'':>6}"
                  f"{_n(sum(r['images'] for r in here['rows'])):>9}{here['device_s']:>10,.0f}"
+                 f"{here['device_s_high']:>8,.0f}"
                  + "".join(f"{plan['profiles'][g]['device_s']:>13,.0f}" for g in gpus))
     lines += ["", f"wall time on {plan['slots']} trial slot(s): this machine "
-              f"{_dur(here['wall_s'])} ({here['unit']}-s / {plan['slots']} x "
+              f"{_dur(here['wall_s'])} (up to {_dur(here['wall_s_high'])}; "
+              f"{here['unit']}-s / {plan['slots']} x "
               f"{here['held_per_trial']:g} {here['unit']} per trial)"
               + "".join(f"; {g}* {_dur(plan['profiles'][g]['wall_s'])}" for g in gpus),
               f"* estimates: published ResNet-50 training rates (A100 "

@@ -24,6 +24,41 @@ def test_asha_expected_epochs() -> None:
     assert asha_epochs(5, 5, 3) == 5  # grace at the end: no early stop
 
 
+def test_few_trials_go_on_more_often_than_one_in_rf() -> None:
+    """Ray's ASHA compares a trial with the scores recorded at the rung before it: the first
+    always goes on, the second half the time; 14 trials at rf 3 promote about 6, not 14/3.
+    (A deterministic quick run promoted 7 of 14 cnn_small and 4 of 12 mlp trials: 11 in all,
+    against 11.4 here and 8.7 by the many-trial rule.)"""
+    from bench.plan import promotion_odds
+
+    assert promotion_odds(0, 3) == 1 and promotion_odds(1, 3) == pytest.approx(0.5)
+    assert promotion_odds(10_000, 3) == pytest.approx(1 / 3, abs=1e-3)
+    promoted = sum(promotion_odds(m, 3) for m in range(14))
+    assert asha_epochs(74, 25, 3, trials=14) == pytest.approx(25 + 49 * promoted / 14)
+    assert 5.8 < promoted < 6.3
+    assert asha_epochs(74, 25, 3, trials=10_000) == pytest.approx(asha_epochs(74, 25, 3),
+                                                                  rel=1e-2)
+
+
+def test_calibration_configs_cover_each_choice_equally() -> None:
+    """The rate is measured over a balanced design: each listed choice of a speed-relevant
+    parameter appears equally often (a plan priced at one middle configuration cost the
+    quick run at 0.4x what it spent; its search ran 8 of 14 cnn_small trials at the widest)."""
+    from collections import Counter
+
+    from bench.plan import CALIBRATION_CONFIGS, calibration_configs
+    from bench.spaces import load_spec
+
+    spec = load_spec(preset="quick", datasets="breastmnist")
+    configs = calibration_configs(spec, "cnn_small")
+    assert len(configs) == CALIBRATION_CONFIGS
+    for name in ("width", "batch_size", "depth"):
+        values = spec.spaces()["cnn_small"][name]["values"]
+        counts = Counter(c[name] for c in configs)
+        assert set(counts) == set(values) and len(set(counts.values())) == 1, (name, counts)
+    assert calibration_configs(spec, "cnn_small") == configs  # the same everywhere
+
+
 def test_a_family_out_of_trials_leaves_its_share_to_the_others() -> None:
     # 100 device-s: `a` needs only 2 x 10 of its 50; `b` gets the other 80 (16 trials of 5)
     assert _water_fill(100.0, {"a": (2, 10.0), "b": (100, 5.0)}) == {"a": 2.0, "b": 16.0}
@@ -39,7 +74,8 @@ def fixed_rates(monkeypatch, tmp_path):
     flops = {"mlp": 1e6, "cnn_small": 1e12}  # mlp launch-bound on GPUs, cnn_small FLOP-bound
 
     def fake(spec, family, flag, threads, device):
-        return {"train_ips": 1000.0, "flops_per_image": flops[family], "batch_size": 128}
+        return {"train_ips": 1000.0, "slowest_ips": 250.0, "flops_per_image": flops[family],
+                "batch_size": 128}
 
     monkeypatch.setattr(planmod, "measure", fake)
     return flops
@@ -64,6 +100,9 @@ def test_unbudgeted_plan_is_trials_times_their_cost(fixed_rates) -> None:
         assert r["images"] == (4 * 3 + 2 * 3) * n["train"]
     assert here["device_s"] == pytest.approx(2 * (4 * one + 2 * final))
     assert here["wall_s"] == pytest.approx(here["device_s"] / 2)  # 2 slots of 1 CPU
+    # the bound prices every image at the slowest calibrated configuration (4x slower here;
+    # the fixed per-trial overhead is not)
+    assert 2 * here["device_s"] < here["device_s_high"] < 4 * here["device_s"]
     # GPU estimates: a FLOP-bound family runs twice as fast on an H100; a launch-bound one not
     rows = {g: {r["family"]: r["device_s"] for r in p["profiles"][g]["rows"]}
             for g in ("A100", "H100")}
