@@ -114,7 +114,7 @@ def entry_from_row(row: pd.Series, seeds: pd.DataFrame) -> Entry:
     root = Path(str(mine.iloc[0]["root"]))
     members: list[Member] = []
     for family, weight in entry_weights(row).items():
-        own = mine[mine["family"] == family]
+        own = mine[mine["family"] == family].sort_values("seed", kind="stable")
         if row["kind"] != "ensemble" and len(own):  # one model answers for a single entry
             own = own.loc[[representative_seed(own).name]]
         if own.empty:
