@@ -270,15 +270,15 @@ def _leaderboard_view(st: Any, board: pd.DataFrame, roots: dict[str, str]) -> No
                "the CI excludes it. Picked: the entry the run chooses per dataset, on "
                "validation only. Click a column header to sort by it.")
     by = st.selectbox("Sort entries by", list(SORTS), key="sort")
-    col = {"column_config": {c: st.column_config.NumberColumn(format="%.3f")
-                             for c in ("AUC", "AUC std", "ACC", "ACC std", "ref AUC", "Δ AUC",
-                                       "ref ACC", "Δ ACC", "val score")}}
+    numbers = {"column_config": {c: st.column_config.NumberColumn(format="%.3f")
+                                 for c in ("AUC", "AUC std", "ACC", "ACC std", "ref AUC",
+                                           "Δ AUC", "ref ACC", "Δ ACC", "val score")}}
     flags = sorted(board["dataset"].unique())
     figures = {run: report_figures(Path(root), flags) for run, root in roots.items()}
     for flag in flags:
         rows = sort_board(board[board["dataset"] == flag], by)
         st.subheader(f"{flag} ({rows['task'].iloc[0]})")
-        st.dataframe(entry_table(rows), hide_index=True, placeholder="-", **col)
+        st.dataframe(entry_table(rows), hide_index=True, placeholder="-", **numbers)
         for note in (n for n in rows["baseline_note"].unique() if n):
             st.caption(f"Note: {note}.")
         pngs = [p for per, _ in figures.values() for p in per.get(flag, [])]

@@ -278,6 +278,23 @@ def test_leaderboard_view_shows_report_figures(trained, tmp_path) -> None:
     assert "Figures across datasets (1)" in labels
 
 
+def test_report_figures_of_several_datasets_all_show(tmp_path) -> None:
+    """The figure columns once shadowed the table's column settings: the second dataset's
+    table raised once the first had figures."""
+    from fake_run import make_run
+
+    run = make_run(tmp_path)
+    figs = run / "report_figures"
+    figs.mkdir()
+    for flag in ("breastmnist", "retinamnist"):
+        Image.new("RGB", (40, 30), "white").save(figs / f"{flag}_vs_published.png")
+    at = _app(run)
+    assert not at.exception and len(at.dataframe) == 2
+    labels = [e.label for e in at.expander]
+    assert "Report figures for breastmnist (1)" in labels
+    assert "Report figures for retinamnist (1)" in labels
+
+
 def test_predictor_matches_medbench_predict_json(trained) -> None:
     at = _predict_page(trained["breast"])
     assert not at.exception and not at.error
