@@ -74,8 +74,9 @@ from bench.picked import representative_seed  # the seed predict serves, too
 from bench.provenance import reproduce_md, rules_md, statistics_md
 from bench.ranks import cd_table, friedman_nemenyi
 from bench.ranks import mean_ranks as mean_ranks  # re-exported: tests and callers read it here
-from bench.results import SELECTION_COLUMNS, read_table, write_text
+from bench.results import SELECTION_COLUMNS, write_text
 from bench.run_spaces import SPACES_FILE
+from bench.rundir import SPEC, RunDir
 from bench.score_stats import (
     N_BINS,
     class_mix,
@@ -114,12 +115,16 @@ def picked_entries(board: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, the entry a researcher would publish: the leaderboard's `picked` marker
     (bench.selection's rule, validation only) when it has one, else the entry with the best
     validation number; with several runs, the best-validated of their picks. Only entries with
-    successful seeds qualify; test numbers never choose."""
+    successful seeds qualify; test numbers never choose. The marker counts per dataset: a
+    dataset without one (a run from before the marker, beside a newer run) still gets its
+    best-validated entry rather than none."""
     ok = board[board["n_seeds"] > 0].assign(_v=_val(board))
     if ok.empty:
         return ok
-    if "picked" in ok and ok["picked"].fillna(False).astype(bool).any():
-        ok = ok[ok["picked"].fillna(False).astype(bool)]
+    if "picked" in ok:
+        marked = ok["picked"].fillna(False).astype(bool)
+        has_pick = marked.groupby(ok["dataset"]).transform("any")
+        ok = ok[marked | ~has_pick]
     ok = ok.dropna(subset=["_v"])
     idx = ok.groupby("dataset")["_v"].idxmax()
     return ok.loc[idx].drop(columns="_v").sort_values("dataset")
@@ -433,9 +438,9 @@ def _search_md(labels: dict[str, Path], trials: pd.DataFrame, flag: str,
 def load_selection(paths: list[Path]) -> pd.DataFrame:
     """All selection.parquet rows of the runs (the re-runs of the top search trials on more
     seeds), with `run` (label); empty when no run had a selection phase."""
-    frames = [read_table(p / "selection.parquet").assign(run=label)
-              for p, label in zip(paths, run_labels(paths), strict=True)
-              if (p / "selection.parquet").is_file()]
+    tables = [(RunDir(p).selection(), label) for p, label in zip(paths, run_labels(paths),
+                                                                    strict=True)]
+    frames = [t.assign(run=label) for t, label in tables if t is not None]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=[*SELECTION_COLUMNS, "run"])
 
@@ -513,11 +518,11 @@ def _runs_md(paths: list[Path]) -> list[str]:
         if (p / STUDIES_FILE).is_file():
             out.append(f"- search studies: `{p / STUDIES_FILE}` (one Optuna study per "
                        "dataset/family: `optuna-dashboard sqlite:///" f"{p / STUDIES_FILE}`)")
-        for name, what in (("spec.yaml", "spec.yaml"),
+        for name, what in ((SPEC, SPEC),
                            (SPACES_FILE, f"{SPACES_FILE} (the search spaces as searched)")):
-            if (p / name).is_file():
+            if (text := RunDir(p).text(name)) is not None:
                 out += ["", f"<details><summary>{what}</summary>", "", "```yaml",
-                        (p / name).read_text().rstrip(), "```", "", "</details>"]
+                        text.rstrip(), "```", "", "</details>"]
         out.append("")
     return out
 

@@ -187,6 +187,37 @@ def test_the_seed_shown_and_served_is_chosen_on_val_auc():
     assert representative_seed(seeds.iloc[::-1])["seed"] == 2
 
 
+# --- which entry the report's per-dataset section shows ----------------------------------------
+
+def _entry(run: str, dataset: str, family: str, val: float, test: float, picked=None,
+           n_seeds: int = 3) -> dict:
+    return {"run": run, "dataset": dataset, "family": family, "size": 28, "kind": "single",
+            "n_seeds": n_seeds, "val_score": val, "val_auc_mean": val, "test_acc_mean": test,
+            "test_auc_mean": test, "picked": picked}
+
+
+def test_the_reports_entry_per_dataset_is_chosen_on_validation_per_dataset():
+    """breastmnist: run r1 marked `a` (val 0.80), run r2 marked `c` (val 0.85); the best test
+    number is `a`'s, the best unmarked validation `b`'s (0.90, not picked by its run). Rule:
+    the best-validated pick, `c`. retinamnist comes from an older run with no marker at all:
+    its best-validated entry `e` (a rule that drops unmarked datasets once any marker exists
+    shows nothing for it; one by test shows `d`). An entry without seeds never qualifies."""
+    from bench.report import picked_entries
+
+    board = pd.DataFrame([
+        _entry("r1", "breastmnist", "a", 0.80, 0.99, picked=True),
+        _entry("r1", "breastmnist", "b", 0.90, 0.70, picked=False),
+        _entry("r2", "breastmnist", "c", 0.85, 0.60, picked=True),
+        _entry("old", "retinamnist", "d", 0.60, 0.90),
+        _entry("old", "retinamnist", "e", 0.70, 0.50),
+        _entry("old", "retinamnist", "f", 0.95, 0.95, n_seeds=0),
+    ])
+    for rows in (board, board.iloc[::-1]):  # row order does not matter
+        got = picked_entries(rows)
+        assert dict(zip(got["dataset"], got["family"], strict=True)) == {
+            "breastmnist": "c", "retinamnist": "e"}
+
+
 # --- the cost plot's Pareto front --------------------------------------------------------------
 
 def test_pareto_front_from_unsorted_costs(monkeypatch, tmp_path: Path):
