@@ -203,11 +203,15 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
 
             raise RunFailure(problem) from e
         trials, finals = tables["trials"], tables["final"]
-        write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
+        with naming(run_dir / "trials.parquet"):
+            write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
         if tables["selection"]:
-            write_table(run_dir / "selection.parquet", tables["selection"], SELECTION_COLUMNS)
+            with naming(run_dir / "selection.parquet"):
+                write_table(run_dir / "selection.parquet", tables["selection"],
+                            SELECTION_COLUMNS)
         if final:
-            write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
+            with naming(run_dir / "final.parquet"):
+                write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
         from bench.search import resolve_resources, trial_slots
 
         slots = trial_slots(resolve_resources(spec), cluster_resources())
@@ -235,7 +239,8 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             echo(f"FAILED {where}: {text}")
         meta["problems"] = outcome_problems(spec, trials, finals, final)
         keep_wall_time(meta, read_previous_meta(run_dir) if resumed else {})
-        write_json(run_dir / "meta.json", meta)
+        with naming(run_dir / "meta.json"):
+            write_json(run_dir / "meta.json", meta)
         if then is not None:  # publishing (leaderboard, report) while the run is still locked
             then(meta)
         return meta
@@ -244,6 +249,26 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
 
 
 FULL_BELOW_BYTES = 8 << 20  # a file system with less free than this counts as full
+
+
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """An OSError out of writing `path` names it: a write() that hits a full disk raises
+    ENOSPC without a file name, and pyarrow's (parquet) without an errno either; the error
+    line (bench.cli.os_error_text) then names the file and its file system."""
+    import errno
+
+    try:
+        yield
+    except OSError as e:
+        if e.filename and e.errno is not None:
+            raise
+        code = e.errno
+        if code is None and "No space left on device" in str(e):
+            code = errno.ENOSPC
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def mount_point(path: str | Path) -> Path:

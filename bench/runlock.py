@@ -147,7 +147,8 @@ def _node_processes(raylet_pid: int, known: dict[int, str]) -> list[int]:
     """Live processes of one Ray node: those Ray started with RAY_RAYLET_PID=<raylet> in their
     environment (agents, workers), and the node's own list (`known`: pid -> start time)."""
     mark = f"RAY_RAYLET_PID={raylet_pid}".encode()
-    found = [pid for pid, started in known.items() if _start_time(pid) == started]
+    me = os.getpid()  # the watcher is one of the driver's children: never its own victim
+    found = [pid for pid, started in known.items() if pid != me and _start_time(pid) == started]
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) in found or int(d.name) == os.getpid():
             continue
@@ -172,14 +173,14 @@ def _children(pid: int) -> list[int]:
 def watch(driver: int, driver_started: str, raylet_pid: int, known: dict[int, str],
           every: float = 0.5, grace: float = 3.0) -> int:
     """The watcher's loop (see module doc). Returns how many processes it ended. While the
-    driver lives it keeps a list of the driver's and the raylet's children (once those die,
-    their children belong to init and can no longer be told apart)."""
+    driver lives it adds the raylet's children to `known` (once the raylet dies they belong
+    to init and only their environment tells them apart). The driver's other children are
+    not the node's (a test process driving Ray starts unrelated ones) and are left alone."""
     raylet_started = known.get(raylet_pid)
     while _start_time(driver) == driver_started:
-        for parent in (driver, raylet_pid):
-            for child in _children(parent):
-                if child not in known and (started := _start_time(child)):
-                    known[child] = started
+        for child in _children(raylet_pid):
+            if child not in known and (started := _start_time(child)):
+                known[child] = started
         if raylet_started is not None and _start_time(raylet_pid) != raylet_started \
                 and not _node_processes(raylet_pid, known):
             return 0  # the node shut down while the driver lives on: nothing to do
@@ -197,9 +198,13 @@ def watch(driver: int, driver_started: str, raylet_pid: int, known: dict[int, st
     return len(victims)
 
 
+_WATCHED: dict[int, subprocess.Popen] = {}  # raylet pid -> its watcher, one per node
+
+
 def reap_with_driver() -> subprocess.Popen | None:
     """Start the watcher for this process's local Ray node (after `ray.init`); None when
-    there is none (no Ray, a cluster, not Linux)."""
+    there is none (no Ray, a cluster, not Linux). A node already watched keeps its watcher
+    (one driver may execute several runs on one node)."""
     try:
         import ray
         from ray._private import ray_constants
@@ -212,13 +217,17 @@ def reap_with_driver() -> subprocess.Popen | None:
     me = _start_time(os.getpid())
     if me is None:
         return None
+    if raylet in _WATCHED and _WATCHED[raylet].poll() is None:
+        return _WATCHED[raylet]
     known = {info.process.pid: _start_time(info.process.pid)
              for infos in procs.values() for info in infos}
     arg = json.dumps({"driver": os.getpid(), "driver_started": me, "raylet_pid": raylet,
                       "known": {str(k): v for k, v in known.items() if v}})
-    return subprocess.Popen([sys.executable, "-m", "bench.runlock", arg],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    watcher = subprocess.Popen([sys.executable, "-m", "bench.runlock", arg],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    _WATCHED[raylet] = watcher
+    return watcher
 
 
 if __name__ == "__main__":  # the watcher: python -m bench.runlock '<json>'

@@ -72,7 +72,9 @@ def resolve_resources(spec: Spec, nodes: list[dict[str, float]] | None = None) -
 def _unreadable_state(full: Path) -> str | None:
     """The first of Tune's state files in `full` that a disk-full or a kill left unreadable
     (empty, truncated pickle, broken JSON), or None. Pickles are checked by walking their
-    opcodes (`pickletools`), which runs nothing."""
+    opcodes (`pickletools`), which runs nothing. A file is a pickle by its first byte (the
+    protocol opcode), not its name: the random searcher's `basic-variant-state-*.json` is
+    one."""
     import json
     import pickletools
 
@@ -81,7 +83,7 @@ def _unreadable_state(full: Path) -> str | None:
             data = f.read_bytes()
             if not data:
                 return f"{f.name} is empty"
-            if f.suffix == ".pkl":
+            if f.suffix == ".pkl" or data[:1] == b"\x80":
                 for _ in pickletools.genops(data):
                     pass
             else:

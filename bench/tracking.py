@@ -82,6 +82,10 @@ MODES = ("offline", "online", "disabled")
 # File under <root>/wandb/ where every started run appends the mode it really used, so the
 # driver can tell "online", "offline", or "fallback" (online asked, some runs went offline).
 MODES_FILE = "medbench-modes.txt"
+# File under <root>/wandb/ where each search trial's run appends `<run id> <step> <score>` for
+# every epoch it logged: a trial that a resumed Tuner (a new process) restarts replays its
+# completion record, and without this its run would get every epoch it holds a second time.
+STEPS_FILE = "medbench-steps.txt"
 
 # Seconds an online ``wandb.init`` may take before we fall back to offline (once per process).
 # Overridable with MEDBENCH_WANDB_INIT_TIMEOUT for slow-but-working networks.
@@ -636,8 +640,48 @@ def start_trial_run(tracker: Tracker, group: str, tags: list[str], trial_id: str
         run = tracker.start(name=f"{group.replace('/', '-')}-{trial_id}", group=group,
                             job_type="search", config=job, tags=tags, key=trial_id,
                             concurrent=True)
-        entry = _TRIAL_RUNS[key] = _TrialRun(run, trial_id, group)
+        entry = _TRIAL_RUNS[key] = _TrialRun(run, trial_id, group,
+                                             **_logged_before(tracker, key))
     return entry
+
+
+def _steps_file(tracker: Tracker) -> Path:
+    return Path(tracker.root) / "wandb" / STEPS_FILE
+
+
+def _logged_before(tracker: Tracker, key: str) -> dict[str, Any]:
+    """What an earlier process logged to run `key` (`_TrialRun` fields: last step, rows, best
+    score and its step); {} when nothing. A restarted trial's replay skips those steps, and
+    its run's summary still counts them."""
+    try:
+        text = _steps_file(tracker).read_text()
+    except OSError:
+        return {}
+    seen: dict[int, float | None] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != key:
+            continue
+        with contextlib.suppress(ValueError):
+            seen[int(parts[1])] = None if parts[2] == "-" else float(parts[2])
+    if not seen:
+        return {}
+    scored = [(score, step) for step, score in seen.items() if score is not None]
+    best, best_step = max(scored, key=lambda x: (x[0], -x[1])) if scored else (None, None)
+    return {"last_step": max(seen), "rows": len(seen), "best": best, "best_step": best_step}
+
+
+def _note_logged(tracker: Tracker, key: str, step: int, score: float | None) -> None:
+    """Append `key step score` (one short O_APPEND write: concurrent Tuners never
+    interleave)."""
+    with contextlib.suppress(OSError):
+        path = _steps_file(tracker)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{key} {step} {'-' if score is None else repr(score)}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def log_trial_result(tracker: Tracker, group: str, tags: list[str], metric: str,
@@ -647,7 +691,9 @@ def log_trial_result(tracker: Tracker, group: str, tags: list[str], metric: str,
 
     The step is the result's ``epoch`` (Tune's ``training_iteration`` without one). A step not
     above the last one logged is skipped: a retried attempt, or a trial replaying its completion
-    record, reports epochs this run already holds (W&B would drop them anyway, with a warning).
+    record, reports epochs this run already holds (online, W&B would drop them with a warning;
+    offline, a restarted trial's new run directory would hold them again). The last step
+    logged is kept in ``STEPS_FILE``, so this holds across a driver restart too.
     """
     entry = start_trial_run(tracker, group, tags, trial_id, config)
     if entry is None:
@@ -662,6 +708,9 @@ def log_trial_result(tracker: Tracker, group: str, tags: list[str], metric: str,
     score = metrics.get(metric)
     if score is not None and (entry.best is None or score > entry.best):
         entry.best, entry.best_step = float(score), step
+    if entry.run.live:
+        _note_logged(tracker, run_id(tracker.experiment, trial_id), step,
+                     None if score is None else float(score))
 
 
 def end_trial_run(tracker: Tracker, metric: str, trial_id: str, exit_code: int = 0) -> None:

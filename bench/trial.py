@@ -178,21 +178,35 @@ def _replay(record: Path | None, job: dict) -> bool:
     return True
 
 
-def _same_config_record(done_dir: Path, job: dict) -> Path | None:
-    """A search trial's completion record written under another trial id for this very
-    config (seed included), or None. Tune names trials anew when a Tuner is re-created (its
-    state was lost to a full disk: bench.search._tuner); the seeded searcher proposes the same
-    configs again, and each finds the record of the trial that already trained it."""
+def _same_config_record(done_dir: Path, job: dict, trial_id: str | None = None) -> Path | None:
+    """The completion record of this very config (seed included) written under another name,
+    or None. Tune names trials anew when a Tuner is re-created (its state was lost to a full
+    disk: bench.search._tuner); the seeded searcher proposes the same configs again, in the
+    same order, and each finds the record of the trial that already trained it.
+
+    Search trials (`trial_id` given): records of the trial's own Tuner (the same id prefix)
+    never count, so a config the searcher proposes twice in one Tuner trains twice, as it did
+    before; among the other Tuners' records the one with the same index (`_00003`) wins, so
+    two equal configs of the old Tuner map to the two of the new one. Selection jobs (no
+    `trial_id`): their label names the candidate's trial id, which a re-created search Tuner
+    changed, so any record of the same config and seed is the same training."""
     if not done_dir.is_dir():
         return None
     want = json.loads(json.dumps(job, default=str))
+    prefix, _, index = (trial_id or "").rpartition("_")
+    if not index.isdigit():  # ids without a counter (Optuna's): no Tuner to tell apart
+        prefix, index = "", ""
+    matches = []
     for path in sorted(done_dir.glob("*.json")):
+        other_prefix, _, other_index = path.stem.rpartition("_")
+        if trial_id is not None and (path.stem == trial_id or (prefix and other_prefix == prefix)):
+            continue
         try:
             if json.loads(path.read_text()).get("config") == want:
-                return path
-        except (OSError, ValueError):
+                matches.append((other_index != index or not index, path))
+        except (OSError, ValueError):  # a record a full disk cut short: not a record
             continue
-    return None
+    return min(matches)[1] if matches else None
 
 
 def _record_final(record: Path, job: dict, report: dict, run_dir: Path | None,
@@ -243,8 +257,9 @@ def trial_fn(config: dict, data_ref: dict, tracker, faults: dict,
     record = None
     if done_dir:
         record = Path(done_dir) / f"{trial_id if phase == 'search' else label}.json"
-        if phase == "search" and not record.exists():  # a Tuner made anew: other trial ids
-            record = _same_config_record(Path(done_dir), job) or record
+        if phase in ("search", "select") and not record.exists():  # a Tuner made anew
+            record = _same_config_record(Path(done_dir), job,
+                                         trial_id if phase == "search" else None) or record
     if phase != "search":
         trial_id = label  # the trace names the job, which a restart keeps
     if _replay(record, job):
