@@ -33,6 +33,8 @@ SPEC = {"name": "diskfull", "datasets": ["breastmnist"], "families": ["mlp"], "n
         "max_epochs": 2, "grace_period": 2, "scheduler": "fifo", "searcher": "random",
         "final_seeds": 1, "selection": {"top_k": 2, "seeds": 1},
         "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0}
+# --quick (the test): `medbench search`, one Tuner per launch
+QUICK = {**SPEC, "num_samples": 3, "final_seeds": 0, "selection": {}}
 
 
 def mount_tmpfs(folder: Path, mib: int) -> str | None:
@@ -79,7 +81,7 @@ def unreadable(tune_dir: Path) -> dict[str, str]:
 
 
 def one_try(work: Path, data: Path, spec_file: Path, delay_s: float, fs_mib: int,
-            limit_s: float) -> dict:
+            limit_s: float, spec: dict, command: str) -> dict:
     fs = work / "fs"
     why = mount_tmpfs(fs, fs_mib)
     if why:
@@ -88,7 +90,7 @@ def one_try(work: Path, data: Path, spec_file: Path, delay_s: float, fs_mib: int
     run_dir = fs / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(MEDBENCH_TRACE=str(trace), WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--spec", str(spec_file), "--out",
+    cmd = [sys.executable, "-m", "bench.cli", command, "--spec", str(spec_file), "--out",
            str(run_dir), "--data-dir", str(data), "--no-wandb", "--no-verify"]
     info: dict = {"delay_s": delay_s}
     try:
@@ -123,13 +125,13 @@ def one_try(work: Path, data: Path, spec_file: Path, delay_s: float, fs_mib: int
                     set_aside=sorted(p.name for p in (run_dir / "tune").glob("*.unreadable-*")))
         if second.returncode != 0:
             info["resume_tail"] = (second.stdout + second.stderr)[-1500:]
-        info.update(check(run_dir, trace))
+        info.update(check(run_dir, trace, spec))
     finally:
         subprocess.run(["umount", "-l", str(fs)], check=False)
     return info
 
 
-def check(run_dir: Path, trace: Path) -> dict:
+def check(run_dir: Path, trace: Path, spec: dict) -> dict:
     """Trainings per unit from the trace, and the tables."""
     import pandas as pd
 
@@ -140,9 +142,9 @@ def check(run_dir: Path, trace: Path) -> dict:
               if (run_dir / f"{n}.parquet").exists() else None
               for n in ("trials", "selection", "final")}
     t = tables["trials"]
-    if t is None or len(t) != SPEC["num_samples"] or not (t.status == "ok").all():
+    if t is None or len(t) != spec["num_samples"] or not (t.status == "ok").all():
         problems.append(f"trials.parquet: {None if t is None else len(t)} rows, want "
-                        f"{SPEC['num_samples']} ok")
+                        f"{spec['num_samples']} ok")
     else:
         if t.config.duplicated().any():
             problems.append("trials.parquet: a config twice")
@@ -154,11 +156,12 @@ def check(run_dir: Path, trace: Path) -> dict:
         cfg = json.loads(rec.read_text())["config"] if rec else {"unknown": u}
         per_config[json.dumps(cfg, sort_keys=True)] += n
     other = {u: n for u, n in by_id.items() if ":" in u}
-    if sorted(per_config.values()) != [1] * SPEC["num_samples"]:
+    if sorted(per_config.values()) != [1] * spec["num_samples"]:
         problems.append(f"search trainings per config: {sorted(per_config.values())}")
     if any(n != 1 for n in other.values()):
         problems.append(f"selection/final trainings: {other}")
-    want_other = 2 + SPEC["final_seeds"]
+    sel = spec["selection"] or {}
+    want_other = sel.get("top_k", 0) * sel.get("seeds", 0) + spec["final_seeds"]
     if len(other) != want_other:
         problems.append(f"{len(other)} selection/final trainings, want {want_other}")
     return {"search_trainings_per_config": sorted(per_config.values()),
@@ -175,7 +178,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--limit-s", type=float, default=300)
+    ap.add_argument("--quick", action="store_true",
+                    help="`medbench search` of 3 trials (no selection or final phase)")
     args = ap.parse_args()
+    spec, command = (QUICK, "search") if args.quick else (SPEC, "run")
 
     import yaml
 
@@ -186,13 +192,13 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     write_synthetic("breastmnist", root / "data", n=(96, 32, 32), seed=0)
     spec_file = root / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(SPEC))
+    spec_file.write_text(yaml.safe_dump(spec))
     tries = []
     for i in range(args.tries):
         work = root / f"try{i}"
         work.mkdir()
         info = one_try(work, root / "data", spec_file, round(rng.uniform(0, args.max_delay_s), 2),
-                       args.fs_mib, args.limit_s)
+                       args.fs_mib, args.limit_s, spec, command)
         print(json.dumps(info), flush=True)
         tries.append(info)
         if "skipped" in info:

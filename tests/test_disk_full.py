@@ -133,7 +133,8 @@ def test_the_error_names_the_full_file_system_not_the_current_directory(small_fs
 def test_a_run_whose_disk_fills_resumes_with_every_trial_once(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs")
-    out = subprocess.run([sys.executable, "scripts/disk_full.py", "--tries", "1", "--seed", "0",
+    out = subprocess.run([sys.executable, "scripts/disk_full.py", "--tries", "1", "--quick",
+                          "--seed", "0", "--max-delay-s", "0.5",
                           "--work", str(tmp_path), "--json", str(tmp_path / "report.json")],
                          cwd=REPO, capture_output=True, text=True, timeout=580)
     if out.returncode == 77:
@@ -143,5 +144,4 @@ def test_a_run_whose_disk_fills_resumes_with_every_trial_once(tmp_path: Path) ->
     assert out.returncode == 0, (report["problems"], out.stdout[-3000:], out.stderr[-2000:])
     assert one["first_rc"] == 1 and len(one["error_lines"]) == 1, one
     assert one["names_fs"] and one["resume_rc"] == 0
-    assert one["search_trainings_per_config"] == [1, 1, 1, 1]
-    assert one["other_trainings"] == [1, 1, 1]
+    assert one["search_trainings_per_config"] == [1, 1, 1]
