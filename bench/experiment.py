@@ -293,9 +293,10 @@ def space_text(path: str | Path) -> str:
 
 def disk_full_problem(exc: BaseException, folders: list[str | Path]) -> str | None:
     """One line for a failure a full disk caused, or None: the file named by an ENOSPC error in
-    the exception's chain (or, when Tune only failed to read a file it had cut short, the run's
-    folders), the file system that is full, and what to do. Re-running resumes: Tune state
-    left truncated is set aside and finished trials replay (bench.search._tuner)."""
+    the exception's chain (or, when Tune only failed to read a file it had cut short, the first
+    Tune state file the full disk left unreadable, else the run's folder), the file system
+    that is full, and what to do. Re-running resumes: Tune state left truncated is set aside
+    and finished trials replay (bench.search._tuner)."""
     import errno
     import shutil
 
@@ -318,10 +319,21 @@ def disk_full_problem(exc: BaseException, folders: list[str | Path]) -> str | No
             continue
     if not full:
         return None
-    where = named or full[0]
-    return (f"disk full: {type(exc).__name__} while writing the run at {where} "
-            f"({space_text(where)}); free some space there and re-run the same command to "
-            "resume (finished trials are kept)")
+    what = f"could not write {named}" if named else None
+    if what is None:
+        from bench.search import unreadable_file
+
+        for folder in full:
+            subdirs = Path(folder).iterdir() if Path(folder).is_dir() else []
+            for tuner in sorted(p for p in subdirs if p.is_dir()):
+                if found := unreadable_file(tuner):
+                    what = f"it left {found[0]} unreadable ({found[1].lstrip(': ')})"
+                    break
+            if what:
+                break
+    what = what or f"while writing the run at {full[0]}"
+    return (f"disk full: {type(exc).__name__}, {what} ({space_text(named or full[0])}); free "
+            "some space there and re-run the same command to resume (finished trials are kept)")
 
 
 def read_previous_meta(run_dir: Path) -> dict[str, Any]:

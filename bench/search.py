@@ -71,10 +71,15 @@ def resolve_resources(spec: Spec, nodes: list[dict[str, float]] | None = None) -
 
 def _unreadable_state(full: Path) -> str | None:
     """The first of Tune's state files in `full` that a disk-full or a kill left unreadable
-    (empty, truncated pickle, broken JSON), or None. Pickles are checked by walking their
-    opcodes (`pickletools`), which runs nothing. A file is a pickle by its first byte (the
-    protocol opcode), not its name: the random searcher's `basic-variant-state-*.json` is
-    one."""
+    (empty, truncated pickle, broken JSON), as `<file>: <why>`, or None."""
+    found = unreadable_file(full)
+    return None if found is None else f"{found[0].name}{found[1]}"
+
+
+def unreadable_file(full: Path) -> tuple[Path, str] | None:
+    """(file, why) for `_unreadable_state`. Pickles are checked by walking their opcodes
+    (`pickletools`), which runs nothing. A file is a pickle by its first byte (the protocol
+    opcode), not its name: the random searcher's `basic-variant-state-*.json` is one."""
     import json
     import pickletools
 
@@ -82,14 +87,14 @@ def _unreadable_state(full: Path) -> str | None:
         try:
             data = f.read_bytes()
             if not data:
-                return f"{f.name} is empty"
+                return f, " is empty"
             if f.suffix == ".pkl" or data[:1] == b"\x80":
                 for _ in pickletools.genops(data):
                     pass
             else:
                 json.loads(data)
         except (ValueError, OSError) as e:  # truncated pickle / broken JSON / unreadable
-            return f"{f.name}: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            return f, f": {type(e).__name__}: {str(e).splitlines()[0][:120]}"
     return None
 
 

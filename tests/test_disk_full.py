@@ -120,9 +120,15 @@ def test_the_error_names_the_full_file_system_not_the_current_directory(small_fs
     try:
         raise RuntimeError("Tuner failed") from pickle.UnpicklingError("pickle data was truncated")
     except RuntimeError as err:
-        line = disk_full_problem(err, [small_fs / "run", "s3://bucket/x"])
+        failure = err
+    line = disk_full_problem(failure, [small_fs / "run", "s3://bucket/x"])
     assert line is not None and f"file system {small_fs}: 0 MiB free" in line
-    assert "\n" not in line
+    assert "\n" not in line and f"while writing the run at {small_fs}/run " in line
+    tuner = small_fs / "run" / "tune" / "breastmnist__mlp"
+    tuner.mkdir(parents=True)
+    (tuner / "experiment_state-x.json").write_text("")
+    line = disk_full_problem(failure, [small_fs / "run", small_fs / "run" / "tune"])
+    assert f"it left {tuner}/experiment_state-x.json unreadable (is empty)" in line, line
     assert disk_full_problem(RuntimeError("x"), [tmp_path]) is None  # room there: not this
 
 
