@@ -21,7 +21,8 @@ from bench import ensemble, metrics, selection
 from bench.baselines import load_published
 from bench.context_rows import clinical_columns
 from bench.errors import UserError
-from bench.results import REFERENCE_ENTRY, read_table
+from bench.results import REFERENCE_ENTRY
+from bench.rundir import RunDir
 
 RunDirs = Path | str | Iterable[Path | str]
 METRICS = ("acc", "auc")
@@ -95,16 +96,9 @@ def run_labels(paths: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-def _check_run_dir(path: Path) -> None:
-    if not (path / "final.parquet").is_file():
-        raise UserError(f"{path} is not a run directory (no final.parquet). Run `medbench run` "
-                        "first, or pass a run directory such as runs/<name>.")
-
-
 def read_meta(run_dir: Path) -> dict:
     """meta.json of a run (empty dict if absent: it is informative, not required)."""
-    path = Path(run_dir) / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return RunDir(run_dir).meta()
 
 
 def load_seeds(run_dirs: RunDirs) -> pd.DataFrame:
@@ -114,9 +108,7 @@ def load_seeds(run_dirs: RunDirs) -> pd.DataFrame:
         raise UserError("No run directory given: pass one or more runs/<name> directories.")
     frames = []
     for path, label in zip(paths, run_labels(paths), strict=True):
-        _check_run_dir(path)
-        df = read_table(path / "final.parquet")
-        frames.append(df.assign(run=label, root=str(path)))
+        frames.append(RunDir(path).final().assign(run=label, root=str(path)))
     seeds = pd.concat(frames, ignore_index=True)
     seeds["size"] = seeds["size"].astype(int)
     return seeds
@@ -125,9 +117,9 @@ def load_seeds(run_dirs: RunDirs) -> pd.DataFrame:
 def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     """All trials.parquet rows of the runs (runs without a search contribute nothing)."""
     paths = as_paths(run_dirs)
-    frames = [read_table(p / "trials.parquet").assign(run=label)
-              for p, label in zip(paths, run_labels(paths), strict=True)
-              if (p / "trials.parquet").is_file()]
+    tables = [(RunDir(p).trials(), label) for p, label in zip(paths, run_labels(paths),
+                                                                 strict=True)]
+    frames = [t.assign(run=label) for t, label in tables if t is not None]
     if not frames:
         from bench.results import TRIAL_COLUMNS
         return pd.DataFrame(columns=[*TRIAL_COLUMNS, "run"])
@@ -136,11 +128,7 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
 
 def load_scores(root: Path | str, run_dir: str) -> dict[str, np.ndarray] | None:
     """scores.npz of one seed's training-run directory (relative to the run root), or None."""
-    path = Path(root) / str(run_dir) / "scores.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as npz:
-        return {k: npz[k] for k in npz.files}
+    return RunDir(root).scores(run_dir)
 
 
 def task_of(flag: str) -> str:
@@ -230,15 +218,21 @@ def _compare(row: dict, cand: pd.DataFrame, ref: str) -> dict:
 
 
 def build_leaderboard(run_dirs: RunDirs, n_boot: int = 1000,
-                      data_dir: str | Path | None = None) -> pd.DataFrame:
+                      data_dir: str | Path | None = None,
+                      datasets: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per (run, dataset, family, size): ok-seed mean/std/CI, published comparison, cost.
 
     Families whose seeds all failed keep a row (n_seeds 0, verdict n/a) so a failure is visible.
     `data_dir` (default: the data root) holds the data files: the audit behind the leakage-free
     columns, and the training labels behind the majority-class and prior-shift rows.
+    `datasets`: only these datasets' rows (default all). Every row, and the pick, depends on its
+    own dataset's seeds only, so a filtered board holds the same rows as the full one; `predict`
+    uses it to score one dataset without bootstrapping every other.
     """
     paths = as_paths(run_dirs)
     seeds = load_seeds(paths)
+    if datasets is not None:
+        seeds = seeds[seeds["dataset"].isin(set(datasets))]
     trials = load_trials(paths)
     metas = {lab: read_meta(p) for p, lab in zip(paths, run_labels(paths), strict=True)}
     run_wall = {lab: m.get("wall_s") for lab, m in metas.items()}
@@ -740,8 +734,7 @@ def format_board(board: pd.DataFrame, fmt: str = "md") -> str:
 
 def is_search_only(run_dir: Path) -> bool:
     """A `medbench search` directory: trials, but no final seeded runs."""
-    run_dir = Path(run_dir)
-    return (run_dir / "trials.parquet").is_file() and not (run_dir / "final.parquet").is_file()
+    return RunDir(run_dir).is_search_only()
 
 
 def format_best_trials(run_dirs: RunDirs, top: int = 3, fmt: str = "md") -> str:

@@ -75,17 +75,19 @@ def canonical_name(name: str) -> str:
     return re.sub(r"(?<= )x(?=\d)", "×", name.strip())
 
 
-def run_board(run_dir: Path | str) -> pd.DataFrame:
+def run_board(run_dir: Path | str, dataset: str | None = None) -> pd.DataFrame:
     """The run's leaderboard as far as choosing needs it: `build_leaderboard` itself (so the
     same rows, validation scores and `picked` marker), with a token bootstrap and no data
-    files. Neither can change the pick: `val_score`, the blend and the flip decision are
-    computed without `n_boot`, and the rows that need the data files (leak-free columns,
-    majority-class and prior-shift rows) are never pickable. Without them building a board
-    takes seconds, never an audit of a dataset nobody asked about."""
+    files, and only `dataset`'s rows when one is given. None of these can change the pick:
+    `val_score`, the blend and the flip decision are computed without `n_boot`, the rows that
+    need the data files (leak-free columns, majority-class and prior-shift rows) are never
+    pickable, and the pick is per dataset (`mark_picked`). Without them building a board takes
+    seconds, never an audit or a bootstrap of a dataset nobody asked about."""
     from bench.leaderboard import build_leaderboard
 
     with tempfile.TemporaryDirectory(prefix="medbench-pick-") as empty:
-        return build_leaderboard(Path(run_dir), n_boot=PICK_N_BOOT, data_dir=empty)
+        return build_leaderboard(Path(run_dir), n_boot=PICK_N_BOOT, data_dir=empty,
+                                 datasets=None if dataset is None else [dataset])
 
 
 def _seeds(run_dir: Path) -> pd.DataFrame:
@@ -166,7 +168,7 @@ def run_entries(run_dir: Path | str, dataset: str | None = None) -> list[Entry]:
     run_dir = Path(run_dir)
     seeds = _seeds(run_dir)
     flag = _dataset(seeds, run_dir, dataset)
-    board = run_board(run_dir)
+    board = run_board(run_dir, flag)
     entries = board_entries(board, seeds, str(seeds["run"].iloc[0]), flag)
     if not entries:
         raise UserError(f"{run_dir} has no finished final model for {flag}; check "

@@ -108,9 +108,10 @@ def choose_entry(run_dir: Path, dataset: str | None, entry: str | None = None,
                  family: str | None = None) -> Entry:
     """The board entry to serve from a run directory with final.parquet (see module doc)."""
     from bench.picked import choose, run_entries
+    from bench.rundir import RunDir
 
     run_dir = Path(run_dir)
-    if not (run_dir / "final.parquet").exists():
+    if not RunDir(run_dir).has_final():
         raise UserError(f"{run_dir} holds neither model.pt (a `medbench train` run) nor "
                         "final.parquet (a `medbench run`); pass one of those directories")
     return choose(run_entries(run_dir, dataset), entry, family)

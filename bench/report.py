@@ -74,8 +74,9 @@ from bench.picked import representative_seed  # the seed predict serves, too
 from bench.provenance import reproduce_md, rules_md, statistics_md
 from bench.ranks import cd_table, friedman_nemenyi
 from bench.ranks import mean_ranks as mean_ranks  # re-exported: tests and callers read it here
-from bench.results import SELECTION_COLUMNS, read_table, write_text
+from bench.results import SELECTION_COLUMNS, write_text
 from bench.run_spaces import SPACES_FILE
+from bench.rundir import SPEC, RunDir
 from bench.score_stats import (
     N_BINS,
     class_mix,
@@ -437,9 +438,9 @@ def _search_md(labels: dict[str, Path], trials: pd.DataFrame, flag: str,
 def load_selection(paths: list[Path]) -> pd.DataFrame:
     """All selection.parquet rows of the runs (the re-runs of the top search trials on more
     seeds), with `run` (label); empty when no run had a selection phase."""
-    frames = [read_table(p / "selection.parquet").assign(run=label)
-              for p, label in zip(paths, run_labels(paths), strict=True)
-              if (p / "selection.parquet").is_file()]
+    tables = [(RunDir(p).selection(), label) for p, label in zip(paths, run_labels(paths),
+                                                                    strict=True)]
+    frames = [t.assign(run=label) for t, label in tables if t is not None]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=[*SELECTION_COLUMNS, "run"])
 
@@ -517,11 +518,11 @@ def _runs_md(paths: list[Path]) -> list[str]:
         if (p / STUDIES_FILE).is_file():
             out.append(f"- search studies: `{p / STUDIES_FILE}` (one Optuna study per "
                        "dataset/family: `optuna-dashboard sqlite:///" f"{p / STUDIES_FILE}`)")
-        for name, what in (("spec.yaml", "spec.yaml"),
+        for name, what in ((SPEC, SPEC),
                            (SPACES_FILE, f"{SPACES_FILE} (the search spaces as searched)")):
-            if (p / name).is_file():
+            if (text := RunDir(p).text(name)) is not None:
                 out += ["", f"<details><summary>{what}</summary>", "", "```yaml",
-                        (p / name).read_text().rstrip(), "```", "", "</details>"]
+                        text.rstrip(), "```", "", "</details>"]
         out.append("")
     return out
 

@@ -27,14 +27,9 @@ def write_spaces(run_dir: Path, spec: Any) -> Path:
 def read_spaces(run_dir: Path) -> dict[str, dict[str, dict]] | None:
     """The run's saved spaces (family -> parameter -> definition), or None when the run has
     no readable spaces.yaml (made before it was written)."""
-    import yaml
+    from bench.rundir import RunDir
 
-    path = Path(run_dir) / SPACES_FILE
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return saved if isinstance(saved, dict) else None
+    return RunDir(run_dir).spaces()
 
 
 def family_space(run_dir: Path, family: str,

@@ -55,21 +55,9 @@ def run_dir_problem(path: Path | str) -> str | None:
     The CLI refuses such a directory before starting the server; the page shows the same
     message if a directory changes while it is being served.
     """
-    import pandas as pd
+    from bench.rundir import RunDir
 
-    path = Path(path)
-    if not path.is_dir():
-        return f"{path}: no such directory; pass a run directory such as runs/<name>"
-    if not (path / "final.parquet").is_file():
-        empty = not any(path.iterdir())
-        return (f"{path} is {'empty' if empty else 'not a finished run'} (no final.parquet); "
-                "serve a directory made by `medbench run` or `medbench train --seeds`, or wait "
-                "for its run to finish")
-    status = pd.read_parquet(path / "final.parquet", columns=["status"])["status"]
-    if not (status == "ok").any():
-        return (f"{path} has no finished final model ({len(status)} final runs, none ok); "
-                f"see `medbench leaderboard {path}` for the errors")
-    return None
+    return RunDir(path).problem()
 
 
 def check_run_dirs(run_dirs: Iterable[Path | str]) -> list[Path]:
@@ -90,16 +78,14 @@ MIN_UPLOAD_MB = 8  # room for an ordinary 16-bit X-ray PNG whatever the model's 
 def upload_limit_mb(run_dirs: Iterable[Path | str]) -> int:
     """The upload limit (MB) for these runs: 16 times the largest input their finished models
     take, as float32 (a 64^3 volume: 16 MB), and at least MIN_UPLOAD_MB."""
-    import pandas as pd
-
     from bench.data import dataset_info
+    from bench.rundir import RunDir
 
     largest = 0
-    for run in run_dirs:
-        table = Path(run) / "final.parquet"
-        if not table.is_file():
+    for run in map(RunDir, run_dirs):
+        if not run.has_final():
             continue
-        df = pd.read_parquet(table, columns=["dataset", "size", "status"])
+        df = run.final(columns=["dataset", "size", "status"])
         for flag, size in df[df.status == "ok"][["dataset", "size"]].drop_duplicates()\
                 .itertuples(index=False, name=None):
             info = dataset_info(str(flag))

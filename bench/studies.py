@@ -72,10 +72,9 @@ def to_distribution(p: dict[str, Any]):
 
 
 def _read_spec(run_dir: Path) -> dict[str, Any]:
-    import yaml
+    from bench.rundir import RunDir
 
-    path = run_dir / "spec.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return RunDir(run_dir).spec()
 
 
 def _observed_distributions(configs: list[dict]) -> dict[str, Any]:
@@ -235,14 +234,11 @@ def build_studies(run_dir: Path | str, out: Path | str | None = None) -> Path | 
     import optuna
     import sqlalchemy
 
-    from bench.results import read_table
+    from bench.rundir import RunDir
 
     run_dir = Path(run_dir)
-    path = run_dir / "trials.parquet"
-    if not path.is_file():
-        return None
-    trials = read_table(path)
-    if trials.empty:
+    trials = RunDir(run_dir).trials()
+    if trials is None or trials.empty:
         return None
     out = Path(out) if out else run_dir / STUDIES_FILE
 

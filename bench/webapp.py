@@ -243,7 +243,9 @@ def main(run_dirs: list[str]) -> None:
 
 def _stamps(run_dirs: list[str]) -> tuple[float, ...]:
     """Modification times of the final tables: the cache key that notices a finished run."""
-    return tuple((Path(d) / "final.parquet").stat().st_mtime for d in run_dirs)
+    from bench.rundir import RunDir
+
+    return tuple(RunDir(d).final_mtime() for d in run_dirs)
 
 
 def _board(run_dirs: tuple[str, ...], stamps: tuple[float, ...]
@@ -342,6 +344,7 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str],
                   seeds: pd.DataFrame) -> None:
     from bench.picked import entry_from_row
     from bench.predict import THRESHOLD, VOLUME_SUFFIXES, format_predictions
+    from bench.rundir import RunDir
 
     st.header("Predict")
     pairs = list(board[board["n_seeds"] > 0][["run", "dataset"]].drop_duplicates()
@@ -362,7 +365,7 @@ def _predict_view(st: Any, board: pd.DataFrame, roots: dict[str, str],
                 & (board["family"] == name)].iloc[0]
     try:
         entry = entry_from_row(board_row, seeds)
-        model = _model(entry, (Path(root) / "final.parquet").stat().st_mtime)
+        model = _model(entry, RunDir(root).final_mtime())
     except UserError as e:
         st.error(str(e))
         return
