@@ -147,6 +147,26 @@ def test_board_datasets_filter(run):
     assert build_leaderboard(run, n_boot=20, datasets=[]).empty
 
 
+def test_predict_builds_only_its_dataset(run, monkeypatch):
+    """`predict`'s choosing board (bench.picked.run_entries) is built for the one dataset asked
+    for, not every dataset of the run, and still marks the full board's pick."""
+    from bench import leaderboard, picked
+
+    asked = []
+    real = leaderboard.build_leaderboard
+
+    def spy(*args, **kw):
+        asked.append(kw.get("datasets"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(leaderboard, "build_leaderboard", spy)
+    entries = picked.run_entries(run, "retinamnist")
+    assert asked == [["retinamnist"]]
+    full = real(run, n_boot=20)
+    want = full[(full["dataset"] == "retinamnist") & full["picked"]]["family"].tolist()
+    assert [e.name for e in entries if e.picked] == want
+
+
 def _direct_reads(path: Path) -> list[str]:
     """`read_parquet`/`read_table` calls and run-file names used as path parts in a module."""
     found = []
