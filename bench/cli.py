@@ -153,34 +153,9 @@ def train(
     out = out or Path("runs") / f"train-{conf.dataset}-{conf.model}-{tag}-" \
                                 f"{time.strftime('%Y%m%d-%H%M%S')}"
     ensure_fresh_dir(out)
-    check_writable(out)  # a read-only --out fails now, not after the training it would hold
     from bench.train_seeds import run_training
 
     run_training(conf, seed_list, out, data_dir, verify_md5=not no_verify, echo=typer.echo)
-
-
-def check_writable(out: Path) -> None:
-    """Create `out` (or find it) and write and remove a probe file in it: one clear line now
-    (read-only file system, no permission, a file in the way) instead of an error after
-    training. Folders made for the probe are removed again, so a later bad input leaves the
-    disk as it was."""
-    import contextlib
-    import os
-    import tempfile
-
-    made = [p for p in [Path(out), *Path(out).parents] if not p.exists()]
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".medbench-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"--out {out} is not writable ({e.strerror or e}); choose another "
-                        "--out") from None
-    finally:
-        for folder in made:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 def training_options_text() -> str:

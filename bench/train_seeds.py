@@ -20,14 +20,16 @@ def run_training(conf: Any, seeds: list[int] | None, out: Path,
                  data_dir: str | Path | None, verify_md5: bool, echo: Echo) -> None:
     """Load `conf`'s dataset (checked like `medbench run` does: an empty split is one clear
     error), then train `conf` into `out`, or each of `seeds` into its final run directory below
-    `out` (`train_seeds`). `out` must already be fresh and writable (the caller checks it
-    before this slow part)."""
+    `out` (`train_seeds`). `out` must already be fresh (the caller checks it); whether it is
+    writable is checked once the data has passed its checks, before any training (a bad input
+    found first leaves the disk untouched)."""
     from bench.data import dataset_info, from_arrays, load_arrays
     from bench.preflight import check_splits
     from bench.train import resolve_device
 
     arrays = load_arrays(conf.dataset, conf.size, data_dir, verify_md5=verify_md5)
     check_splits({conf.dataset: arrays})  # as `run` does: an empty split is one line, exit 2
+    check_writable(out)  # a read-only --out fails now, not after the training it would hold
     data = from_arrays(dataset_info(conf.dataset), conf.size, arrays).to(
         resolve_device(conf.device))
     echo(f"{conf.dataset} ({data.info.task}, {len(data.splits['train'])} train) | "
@@ -37,6 +39,32 @@ def run_training(conf: Any, seeds: list[int] | None, out: Path,
         train_one(conf, data, out, echo)
     else:
         train_seeds(conf, data, out, seeds, data_dir, echo)
+
+
+def check_writable(out: Path) -> None:
+    """Create `out` (or find it) and write and remove a probe file in it: one clear line now
+    (read-only file system, no permission, a file in the way) instead of an error after
+    training. Folders made for the probe are removed again, so a later bad input leaves the
+    disk as it was."""
+    import contextlib
+    import os
+    import tempfile
+
+    from bench.errors import UserError
+
+    made = [p for p in [Path(out), *Path(out).parents] if not p.exists()]
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".medbench-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--out {out} is not writable ({e.strerror or e}); choose another "
+                        "--out") from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def train_one(conf: Any, data: Any, out: Path, echo: Echo) -> Any:
