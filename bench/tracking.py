@@ -557,14 +557,7 @@ class Tracker:
 
         One short ``O_APPEND`` write per run, so concurrent workers never interleave lines.
         """
-        with contextlib.suppress(OSError):
-            path = Path(self.root) / "wandb" / MODES_FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, f"{mode}\n".encode())
-            finally:
-                os.close(fd)
+        _append_line(Path(self.root) / "wandb" / MODES_FILE, mode)
 
     def used_mode(self) -> str:
         """The mode the runs really used: ``online``, ``offline``, ``disabled`` or ``fallback``
@@ -674,12 +667,17 @@ def _logged_before(tracker: Tracker, key: str) -> dict[str, Any]:
 def _note_logged(tracker: Tracker, key: str, step: int, score: float | None) -> None:
     """Append `key step score` (one short O_APPEND write: concurrent Tuners never
     interleave)."""
+    _append_line(_steps_file(tracker), f"{key} {step} {'-' if score is None else repr(score)}")
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One line appended in a single short O_APPEND write, so that concurrent workers never
+    interleave; a file that cannot be written is skipped (these notes are bookkeeping)."""
     with contextlib.suppress(OSError):
-        path = _steps_file(tracker)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, f"{key} {step} {'-' if score is None else repr(score)}\n".encode())
+            os.write(fd, f"{line}\n".encode())
         finally:
             os.close(fd)
 
