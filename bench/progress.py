@@ -32,7 +32,7 @@ def start_board():
     """A fresh board actor (one per `medbench run`)."""
     import ray
 
-    @ray.remote(num_cpus=0)
+    @ray.remote(num_cpus=0, max_restarts=-1)  # a node lost with it: back, counts resent
     class Board:
         def __init__(self) -> None:
             self.state: dict[str, dict] = {}

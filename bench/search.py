@@ -502,7 +502,11 @@ def _wait_all(starters: list[Callable[[], Any]], board, echo: Callable[[str], No
             fut = queued.pop(0)()
             futures.append(fut)
             pending.append(fut)
-        text = format_progress(ray.get(board.snapshot.remote()), time.time() - t0)
+        try:
+            snapshot = ray.get(board.snapshot.remote(), timeout=every)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            continue  # the board is cosmetic: a node lost with it skips a line, not the run
+        text = format_progress(snapshot, time.time() - t0)
         body = text.partition("\n")[2]  # the rows; the header holds the ever-changing time
         if body and body != last:
             echo(text)
