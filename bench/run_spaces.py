@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SPACES_FILE = "spaces.yaml"
+from bench.rundir import SPACES_FILE, RunDir
 
 
 def write_spaces(run_dir: Path, spec: Any) -> Path:
@@ -27,8 +27,6 @@ def write_spaces(run_dir: Path, spec: Any) -> Path:
 def read_spaces(run_dir: Path) -> dict[str, dict[str, dict]] | None:
     """The run's saved spaces (family -> parameter -> definition), or None when the run has
     no readable spaces.yaml (made before it was written)."""
-    from bench.rundir import RunDir
-
     return RunDir(run_dir).spaces()
 
 

@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import UserError
-from bench.run_spaces import SPACES_FILE
 
 FINAL = "final.parquet"
 TRIALS = "trials.parquet"
 SELECTION = "selection.parquet"
 META = "meta.json"
 SPEC = "spec.yaml"
+SPACES_FILE = "spaces.yaml"  # written by bench.run_spaces
 SCORES = "scores.npz"
 
 
