@@ -34,7 +34,9 @@ SPEC = {"name": "diskfull", "datasets": ["breastmnist"], "families": ["mlp"], "n
         "final_seeds": 1, "selection": {"top_k": 2, "seeds": 1},
         "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0}
 # --quick (the test): `medbench search`, one Tuner per launch
-QUICK = {**SPEC, "num_samples": 3, "final_seeds": 0, "selection": {}}
+# One trial at a time, so the disk fills while trials are still left to run (with 2 concurrent
+# trials on 2 cores all three could finish before the filler did).
+QUICK = {**SPEC, "num_samples": 3, "final_seeds": 0, "selection": {}, "max_concurrent_trials": 1}
 
 
 def mount_tmpfs(folder: Path, mib: int) -> str | None:
@@ -117,6 +119,7 @@ def one_try(work: Path, data: Path, spec_file: Path, delay_s: float, fs_mib: int
                     records_before=sum(e == "record" for e, _ in read_trace(trace)))
         if proc.returncode == 0:
             info["note"] = "finished before the disk was full"
+            info["first_tail"] = (out + err)[-1500:]
         (fs / "filler").unlink()
         t1 = time.time()
         second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
