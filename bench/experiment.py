@@ -127,8 +127,15 @@ def _relative_to(path: str, root: Path) -> str:
         return path
 
 
+# Spec fields a resume may change: they add runs beside the finished ones and alter none of
+# them (the pipeline reference is extra final-phase seeds, never picked), so `--reference` can
+# be added to a finished run without repeating its search. They may grow, never shrink.
+ADDABLE = {"reference_seeds": None}
+
+
 def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
-    """Create a fresh run directory, or accept an existing one of the same spec (resume).
+    """Create a fresh run directory, or accept an existing one of the same spec (resume), or
+    of the same spec but for the fields in ADDABLE (spec.yaml then takes the new values).
     Returns True when resuming. Never modifies a directory that holds something else."""
     spec_file = run_dir / "spec.yaml"
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -140,9 +147,13 @@ def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
             old.pop("faults", None)
         with contextlib.suppress(TypeError):  # fields added to Spec since take their defaults
             old = Spec(**old).to_dict()
-        if old != spec.to_dict():
+        new = spec.to_dict()
+        if {**old, **ADDABLE} != {**new, **ADDABLE} \
+                or any(new[k] < old.get(k, 0) for k in ADDABLE):
             raise UserError(f"{run_dir} holds a run of a different spec; resume it with the "
                             "same options, or choose another --name")
+        if old != new:  # only more reference seeds: the run takes them on, nothing else changes
+            write_yaml(spec_file, new)
         return True
     write_yaml(spec_file, spec.to_dict())
     write_spaces(run_dir, spec)  # the spaces searched, as they were (bench.run_spaces)

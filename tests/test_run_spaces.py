@@ -72,3 +72,23 @@ def test_the_report_shows_the_saved_spaces_beside_the_spec(tmp_path: Path):
     assert "<summary>spec.yaml</summary>" in text
     assert f"<summary>{SPACES_FILE} (the search spaces as searched)</summary>" in text
     assert "- 32\n" in text  # the mlp override's hidden sizes, as saved
+
+
+def test_a_resume_may_add_reference_seeds_but_change_nothing_else(tmp_path: Path):
+    """`--reference` on a finished run trains the reference seeds without a new search:
+    spec.yaml takes the larger count; any other change, or fewer reference seeds, is refused
+    and leaves spec.yaml as it was."""
+    import pytest
+
+    from bench.errors import UserError
+
+    run_dir = tmp_path / "run"
+    assert prepare_run_dir(run_dir, build_spec(dict(RAW))) is False
+    assert prepare_run_dir(run_dir, build_spec({**RAW, "reference_seeds": 3})) is True
+    assert yaml.safe_load((run_dir / "spec.yaml").read_text())["reference_seeds"] == 3
+    for change in ({"reference_seeds": 1}, {"reference_seeds": 3, "num_samples": 2},
+                   {"reference_seeds": 4, "final_seeds": 2}):
+        before = (run_dir / "spec.yaml").read_bytes()
+        with pytest.raises(UserError, match="holds a run of a different spec"):
+            prepare_run_dir(run_dir, build_spec({**RAW, **change}))
+        assert (run_dir / "spec.yaml").read_bytes() == before
