@@ -98,23 +98,45 @@ def unreadable_file(full: Path) -> tuple[Path, str] | None:
     return None
 
 
+def restored_jobs(full: Path) -> list[dict] | None:
+    """The jobs (`config["job"]`) of the trials in a Tuner's latest local experiment state, or
+    None where there is none to read. A grid Tuner restored by Tune keeps the grid it was made
+    with, whatever param_space the restore is given."""
+    import json
+
+    states = sorted(full.glob("experiment_state-*.json"))
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else None
+        return None if trials is None else [json.loads(t[0])["config"]["job"] for t in trials]
+    except (ValueError, KeyError, IndexError, TypeError, OSError):
+        return None
+
+
 def _tuner(path: Path, name: str, trainable, param_space: dict, tune_config,
-           run_config_kw: dict):
+           run_config_kw: dict, jobs: list[dict] | None = None):
     """The pair's Tuner: restored when its state is there (errored trials run again: a resume
     after fixing the cause, e.g. a full disk, retries them), else new. State that a full disk
     left truncated never blocks a resume: the folder is moved aside (`<name>.unreadable-<time>`)
     and a new Tuner starts; the completion records (bench.trial) make every trial that had
-    finished replay its results instead of training again."""
+    finished replay its results instead of training again. A grid of `jobs` (selection, final)
+    whose state holds other jobs (a resume that adds reference seeds) is set aside the same way
+    (`<name>.superseded-<time>`): restoring it would run the old grid only."""
     import pickle
     import sys
 
     from ray import tune
 
+    from bench.trial import job_label
+
     full = path / name
     if tune.Tuner.can_restore(str(full)):
         local = full.is_dir()  # remote storage: Tune's own errors stand
         problem = _unreadable_state(full) if local else None
-        if problem is None:
+        before = restored_jobs(full) if local and jobs is not None and problem is None else None
+        if before is not None and sorted(map(job_label, before)) != sorted(map(job_label, jobs)):
+            why, kind = (f"{name} now runs {len(jobs)} jobs where its Tune state holds "
+                         f"{len(before)}", "superseded")
+        elif problem is None:
             try:
                 return tune.Tuner.restore(str(full), trainable=trainable,
                                           resume_unfinished=True, resume_errored=True,
@@ -123,11 +145,13 @@ def _tuner(path: Path, name: str, trainable, param_space: dict, tune_config,
                 if not local:
                     raise
                 problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        aside = full.with_name(f"{name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        if problem is not None:
+            why, kind = f"Tune state of {name} unreadable ({problem})", "unreadable"
+        aside = full.with_name(f"{name}.{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(full, aside)
-        print(f"medbench: Tune state of {name} unreadable ({problem}); moved to {aside.name}, "
-              "starting a new Tuner (finished trials replay from their completion records)",
-              file=sys.stderr, flush=True)
+        print(f"medbench: {why}; moved to {aside.name}, starting a new Tuner "
+              "(finished trials replay from their completion records)", file=sys.stderr,
+              flush=True)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=tune.RunConfig(name=name, storage_path=str(path),
                                                 **run_config_kw))
@@ -363,7 +387,7 @@ def run_final(spec: Spec, storage: str, data_ref: dict, tracker, board,
     tuner = _tuner(Path(storage), name, trainable, {"job": tune.grid_search(jobs)},
                    tune.TuneConfig(reuse_actors=True),
                    {"failure_config": tune.FailureConfig(max_failures=spec.max_failures),
-                    "callbacks": [ProgressCallback(name, METRIC)], "verbose": 0})
+                    "callbacks": [ProgressCallback(name, METRIC)], "verbose": 0}, jobs=jobs)
     rows = []
     for r in tuner.fit():
         job = dict(r.config["job"])

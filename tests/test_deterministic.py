@@ -86,14 +86,18 @@ def _rows(run) -> tuple[list, pd.DataFrame]:
     configs = [json.dumps(json.loads(c) if isinstance(c, str) else c, sort_keys=True,
                           default=str) for c in trials["config"]]
     final = pd.read_parquet(run / "final.parquet").sort_values(["dataset", "family", "seed"])
-    return (list(zip(trials["dataset"], configs, trials["best_val_auc"], trials["epochs_run"],
-                     strict=True)),
+    # sorted: a resumed run writes its replayed trials in Tune's restore order
+    return (sorted(zip(trials["dataset"], configs, trials["best_val_auc"], trials["epochs_run"],
+                       strict=True)),
             final[["dataset", "family", "seed", "val_auc", "test_auc", "test_acc"]]
             .reset_index(drop=True))
 
 
 @pytest.mark.slow
-def test_deterministic_runs_repeat_exactly_and_ignore_the_wall_budget(tmp_path):
+def test_deterministic_runs_repeat_exactly_and_ignore_the_wall_budget(tmp_path, monkeypatch):
+    """run0 is made with the reference; run1 without it, then resumed with it (`--reference`
+    added to a finished run): both end the same, and the resume trains the reference seeds
+    only (the trace counts trainings: every mlp final seed once, over both launches)."""
     import ray
 
     from bench.data import write_synthetic
@@ -104,18 +108,30 @@ def test_deterministic_runs_repeat_exactly_and_ignore_the_wall_budget(tmp_path):
     data = tmp_path / "data"
     write_synthetic("breastmnist", data, n=(64, 32, 32), seed=0)
     write_synthetic("chestmnist", data, n=(64, 32, 32), seed=1)
+    trace = tmp_path / "trace.txt"
+    monkeypatch.setenv("MEDBENCH_TRACE", str(trace))
     spec = _spec(deterministic=True, reference_seeds=1)
     runs = []
-    for k in range(2):
-        init_ray(None, num_cpus=2)
-        try:
-            lines: list[str] = []
-            execute(spec, tmp_path / f"run{k}", data_dir=data, wandb=False, num_cpus=2,
-                    echo=lines.append)
-        finally:
-            ray.shutdown()
-        assert "deterministic: a fixed number of search trials" in "\n".join(lines)
+    for k, reference in ((0, [1]), (1, [0, 1])):
+        for n_ref in reference:
+            init_ray(None, num_cpus=2)
+            try:
+                lines: list[str] = []
+                execute(_spec(deterministic=True, reference_seeds=n_ref),
+                        tmp_path / f"run{k}", data_dir=data, wandb=False, num_cpus=2,
+                        echo=lines.append)
+            finally:
+                ray.shutdown()
+            assert "deterministic: a fixed number of search trials" in "\n".join(lines)
         runs.append(_rows(tmp_path / f"run{k}"))
+    assert (tmp_path / "run1" / "spec.yaml").read_text() == \
+        (tmp_path / "run0" / "spec.yaml").read_text()
+    assert spec.reference_seeds == 1
+    (superseded,) = (tmp_path / "run1" / "tune").glob("final.superseded-*")
+    finals = [line.split()[1] for line in trace.read_text().splitlines()
+              if line.split()[0] == "finish" and line.split()[1].startswith("final:")]
+    # run0: 4 mlp + 2 reference; run1: 4 mlp, then the 2 reference seeds; nothing twice
+    assert len(finals) == 12 and len(set(finals)) == 6, finals
     (trials_a, final_a), (trials_b, final_b) = runs
     # the fixed count per dataset, though a 1 s budget would have stopped the search sooner
     assert sum(1 for t in trials_a if t[0] == "breastmnist") == 4
