@@ -31,7 +31,10 @@ def _trial_score(t: dict[str, Any]) -> float:
 
 def top_candidates(trials: list[dict[str, Any]], top_k: int) -> dict[tuple[str, str], list[dict]]:
     """Per (dataset, family): up to `top_k` successful trials, those that trained to full
-    fidelity first (an ASHA-stopped trial's score is from a shorter schedule), then by score."""
+    fidelity first (an ASHA-stopped trial's score is from a shorter schedule), then by score,
+    then by trial id. The last key makes ties independent of the order the rows come in: a
+    resumed run restores its trials in another order, and a tie broken by order would choose
+    another config there, so a finished job would train again under a new name."""
     by_pair: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for t in trials:
         if t.get("status") == "ok" and t.get("best_val_auc") is not None \
@@ -39,7 +42,7 @@ def top_candidates(trials: list[dict[str, Any]], top_k: int) -> dict[tuple[str, 
             by_pair[(t["dataset"], t["family"])].append(t)
     out = {}
     for key, rows in by_pair.items():
-        rows.sort(key=lambda t: (not _full(t), -_trial_score(t)))
+        rows.sort(key=lambda t: (not _full(t), -_trial_score(t), str(t.get("trial_id", ""))))
         out[key] = rows[:max(1, top_k)]
     return out
 

@@ -72,6 +72,21 @@ def test_final_config_without_selection_follows_the_same_rule():
                                     for k, c in top_candidates(trials, 1).items()}
 
 
+def test_ties_are_broken_by_trial_id_whatever_order_the_rows_come_in():
+    """Tiny validation sets tie often, and a resume restores its trials in another order: a
+    tie broken by row order chose another config after a resume and trained a final seed a
+    second time under a new job name. Both orders must give the same candidates and config."""
+    from bench.search import best_configs
+
+    tied = [_trial("t3", 0.8, 0.8), _trial("t1", 0.8, 0.8), _trial("t2", 0.8, 0.8),
+            _trial("t0", 0.7, 0.7)]
+    for order in (tied, tied[::-1], tied[1:] + tied[:1]):
+        assert _tags(top_candidates(order, 2)) == ["t1", "t2"]
+        assert best_configs(order)[("breastmnist", "mlp")]["tag"] == "t1"
+        cands = top_candidates(order, 3)
+        assert choose_configs(cands, [])[("breastmnist", "mlp")]["tag"] == "t1"
+
+
 # --- selection re-runs -> the chosen config ----------------------------------------------------
 
 def _rerun(candidate: str, auc: float, acc: float, **extra) -> dict:
