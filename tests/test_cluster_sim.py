@@ -62,7 +62,11 @@ def cluster(monkeypatch, tmp_path):
     for attempt in (1, 2, 3):  # Ray gives a raylet 30 s to start: a busy machine may miss it
         c = Cluster(shutdown_at_exit=True)
         try:
-            c.add_node(num_cpus=0, include_dashboard=False)  # the head
+            # the head; its GCS declares a killed node dead after 3 failed health checks 1 s
+            # apart (Ray's default, 5 checks 3 s apart, let a short final phase finish while
+            # the removed node's GPUs were still counted in meta.json's cluster resources)
+            c.add_node(num_cpus=0, include_dashboard=False, _system_config={
+                "health_check_period_ms": 1000, "health_check_failure_threshold": 3})
             nodes = [c.add_node(num_cpus=2, num_gpus=4) for _ in range(2)]
             c.wait_for_nodes()
             break
@@ -190,4 +194,4 @@ def test_a_run_survives_losing_a_gpu_node_mid_search(cluster, tmp_path) -> None:
     assert not clashes, clashes
     assert overlaps >= 1, "no two trials ever ran side by side on a node"
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["cluster"]["GPU"] == 4.0  # the node left
+    assert meta["cluster"]["GPU"] == 4.0, meta["cluster"]  # the node left
