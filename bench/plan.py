@@ -69,18 +69,7 @@ def typical_config(spec: Spec, family: str) -> dict[str, Any]:
     """A family's typical trial: the middle of every listed choice of its search space (batch
     size, width, depth...) and the middle of every numeric range; the rest as TrainConfig's
     defaults. Only what changes a trial's speed matters here."""
-    out: dict[str, Any] = {}
-    for name, p in spec.spaces()[family].items():
-        if "values" in p and p["values"]:
-            out[name] = p["values"][len(p["values"]) // 2]
-        elif "value" in p:
-            out[name] = p["value"]
-        elif "min" in p and "max" in p:
-            lo, hi = float(p["min"]), float(p["max"])
-            mid = math.sqrt(lo * hi) if "log" in str(p.get("distribution")) and lo > 0 \
-                else (lo + hi) / 2
-            out[name] = round(mid) if "int" in str(p.get("distribution")) else mid
-    return out
+    return {name: p.middle() for name, p in spec.spaces()[family].items()}
 
 
 def calibration_configs(spec: Spec, family: str) -> list[dict[str, Any]]:
@@ -97,15 +86,7 @@ def calibration_configs(spec: Spec, family: str) -> list[dict[str, Any]]:
     for name, p in spec.spaces()[family].items():
         order = rng.permutation(n)
         for cfg, k in zip(out, order, strict=True):
-            if "values" in p and p["values"]:
-                cfg[name] = p["values"][int(k) % len(p["values"])]
-            elif "value" in p:
-                cfg[name] = p["value"]
-            elif "min" in p and "max" in p:
-                lo, hi, q = float(p["min"]), float(p["max"]), (int(k) + 0.5) / n
-                log = "log" in str(p.get("distribution")) and lo > 0
-                x = math.exp(math.log(lo) + q * math.log(hi / lo)) if log else lo + q * (hi - lo)
-                cfg[name] = round(x) if "int" in str(p.get("distribution")) else x
+            cfg[name] = p.design_point(int(k), n)
     return out
 
 

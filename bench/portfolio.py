@@ -8,13 +8,15 @@ entry whose `found_on` names D. scripts/build_portfolio.py writes the file and s
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from bench.errors import UserError
+
+if TYPE_CHECKING:
+    from bench.spaces import Param
 
 
 def portfolio_file() -> Path:
@@ -40,20 +42,7 @@ def load_entries(path: Path | None = None) -> list[dict[str, Any]]:
     return entries
 
 
-def fits(value: Any, param: dict[str, Any]) -> bool:
-    """Whether `value` is a point of one validated search-space parameter."""
-    if "value" in param:
-        return value == param["value"]
-    if "values" in param:
-        return value in param["values"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        return False
-    if param["distribution"].startswith("int") and float(value) != int(value):
-        return False
-    return param["min"] <= value <= param["max"]
-
-
-def start_points(dataset: str, family: str, space: dict[str, dict], k: int,
+def start_points(dataset: str, family: str, space: dict[str, Param], k: int,
                  entries: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Up to `k` start configurations for searching `family` on `dataset`.
 
@@ -65,7 +54,7 @@ def start_points(dataset: str, family: str, space: dict[str, dict], k: int,
     if k <= 0:
         return []
     entries = load_entries() if entries is None else entries
-    searched = {name: p for name, p in space.items() if "value" not in p}
+    searched = {name: p for name, p in space.items() if p.searched}
     defaults = _defaults(family)
     usable = []
     for e in entries:
@@ -75,7 +64,7 @@ def start_points(dataset: str, family: str, space: dict[str, dict], k: int,
         if any(name not in config for name in searched):
             continue
         point = {name: config[name] for name in searched}
-        if all(fits(v, searched[n]) for n, v in point.items()):
+        if all(searched[n].contains(v) for n, v in point.items()):
             usable.append((len(e["found_on"]), point))
     usable.sort(key=lambda t: -t[0])  # stable: file order among equals
     out: list[dict[str, Any]] = []

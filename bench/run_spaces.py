@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rundir import SPACES_FILE, RunDir
+from bench.spaces import Param, load_family_space
 
 
 def write_spaces(run_dir: Path, spec: Any) -> Path:
@@ -21,7 +22,9 @@ def write_spaces(run_dir: Path, spec: Any) -> Path:
     atomically; returns the path."""
     from bench.results import write_yaml
 
-    return write_yaml(Path(run_dir) / SPACES_FILE, spec.spaces())
+    return write_yaml(Path(run_dir) / SPACES_FILE,
+                      {family: {name: p.as_dict() for name, p in space.items()}
+                       for family, space in spec.spaces().items()})
 
 
 def read_spaces(run_dir: Path) -> dict[str, dict[str, dict]] | None:
@@ -31,13 +34,13 @@ def read_spaces(run_dir: Path) -> dict[str, dict[str, dict]] | None:
 
 
 def family_space(run_dir: Path, family: str,
-                 overrides: dict[str, Any] | None = None) -> dict[str, dict]:
+                 overrides: dict[str, Any] | None = None) -> dict[str, Param]:
     """One family's space as the run searched it: its saved copy when spaces.yaml holds the
     family, else today's (`load_family_space` with the spec's `overrides`), which raises
     UserError when the family can no longer be loaded."""
     saved = (read_spaces(run_dir) or {}).get(family)
     if isinstance(saved, dict):
-        return saved
-    from bench.spaces import load_family_space
+        where = f"{Path(run_dir) / SPACES_FILE}, family {family}"
+        return {name: Param.parse(name, p, where) for name, p in saved.items()}
 
     return load_family_space(family, overrides)

@@ -31,7 +31,7 @@ from bench.errors import RunFailure, UserError
 from bench.progress import ProgressCallback, format_progress
 from bench.resources import on_this_node
 from bench.results import REFERENCE_ENTRY, final_row
-from bench.spaces import Spec, to_tune
+from bench.spaces import Spec
 from bench.tracking import trial_runs_callback
 from bench.trial import DRIVER_RESOURCES, faults_from_env, trial_fn
 
@@ -185,7 +185,7 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     spec = Spec(**spec_dict)
     res = _resources(spec)
     validated = spec.spaces()[family]
-    space = {k: to_tune(v) for k, v in validated.items()}
+    space = {k: v.to_tune() for k, v in validated.items()}
     budget = spec.budget(family)
     plan = plan or {}
     epochs = int(plan.get("epochs", budget["max_epochs"]))

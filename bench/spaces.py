@@ -11,6 +11,7 @@ with search_spaces/<family>.yaml (its own width/depth/dropout), then the experim
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -72,74 +73,176 @@ def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, str | int | float | bool)
 
 
-def validate_param(name: str, p: Any, where: str) -> dict[str, Any]:
-    """One parameter definition, checked; returns it normalised. Values are scalars: a
-    parameter never holds a free-form mapping or list that could grow without bound."""
-    if not isinstance(p, dict):
-        if not _scalar(p):
-            raise UserError(f"{where}: parameter {name!r} is a {type(p).__name__}; give a "
-                            "number/string/boolean, or {values: [...]} or {min, max}")
-        return {"value": p}  # a bare scalar is a constant
-    keys = set(p)
-    if not any(keys <= allowed for allowed in PARAM_KEYS):
-        raise UserError(f"{where}: parameter {name!r} has keys {sorted(map(str, keys))}; use "
-                        "one of {value}, {values: [...]} or {distribution, min, max}")
-    if "value" in keys:
-        if not _scalar(p["value"]):
-            raise UserError(f"{where}: parameter {name!r}: `value` must be a number, string or "
-                            f"boolean, got {type(p['value']).__name__}")
-        return {"value": p["value"]}
-    if "values" in keys:
-        if not isinstance(p["values"], list) or not p["values"]:
-            raise UserError(f"{where}: parameter {name!r} needs a non-empty list of `values`")
-        if len(p["values"]) > MAX_VALUES or not all(map(_scalar, p["values"])):
-            raise UserError(f"{where}: parameter {name!r}: `values` must be at most "
-                            f"{MAX_VALUES} numbers, strings or booleans (no nested lists or "
-                            "mappings)")
-        return {"values": list(p["values"])}
-    dist = p.get("distribution", "uniform")
-    if dist not in DISTRIBUTIONS:
-        raise UserError(f"{where}: parameter {name!r} has unknown distribution {dist!r}; use "
-                        f"one of: {', '.join(DISTRIBUTIONS)}")
-    if "min" not in p or "max" not in p:
-        raise UserError(f"{where}: parameter {name!r} needs `min` and `max` (or `values`)")
-    try:
-        if isinstance(p["min"], bool) or isinstance(p["max"], bool):
-            raise TypeError
-        lo, hi = float(p["min"]), float(p["max"])
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: parameter {name!r}: min/max must be finite numbers "
-                        f"(got {p['min']!r}, {p['max']!r})") from None
-    if lo > hi:
-        raise UserError(f"{where}: parameter {name!r} has min {lo:g} > max {hi:g}; swap them")
-    if "log" in dist and lo <= 0:
-        raise UserError(f"{where}: parameter {name!r}: a log distribution needs min > 0")
-    if dist == "log_uniform_values":
-        dist = "log_uniform"
-    return {"distribution": dist, "min": lo, "max": hi}
+@dataclass(frozen=True)
+class Param:
+    """One search-space parameter, validated once (`Param.parse`) and owning its distribution.
+
+    Why a value object: the `{value | values | distribution, min, max}` mapping was read by five
+    interpreters (Ray Tune domains, Optuna distributions, the portfolio's membership test, the
+    cost plan's design points, the spec's value checks), each re-deciding what a key means.
+    `kind` is "value" (a constant), "values" (a choice) or "range" (`distribution` over
+    [min, max], int_* ones inclusive at both ends). `as_dict` gives the YAML form
+    (spaces.yaml), which `parse` reads back to an equal Param."""
+
+    kind: str
+    value: Any = None
+    values: tuple[Any, ...] = ()
+    distribution: str = ""
+    min: float = 0.0
+    max: float = 0.0
+
+    @classmethod
+    def parse(cls, name: str, p: Any, where: str) -> Param:
+        """One parameter definition from YAML (or a bare scalar: a constant), checked, or one
+        UserError. Values are scalars: a parameter never holds a free-form mapping or list
+        that could grow without bound."""
+        if not isinstance(p, dict):
+            if not _scalar(p):
+                raise UserError(f"{where}: parameter {name!r} is a {type(p).__name__}; give a "
+                                "number/string/boolean, or {values: [...]} or {min, max}")
+            return cls("value", value=p)
+        keys = set(p)
+        if not any(keys <= allowed for allowed in PARAM_KEYS):
+            raise UserError(f"{where}: parameter {name!r} has keys {sorted(map(str, keys))}; "
+                            "use one of {value}, {values: [...]} or {distribution, min, max}")
+        if "value" in keys:
+            if not _scalar(p["value"]):
+                raise UserError(f"{where}: parameter {name!r}: `value` must be a number, string "
+                                f"or boolean, got {type(p['value']).__name__}")
+            return cls("value", value=p["value"])
+        if "values" in keys:
+            if not isinstance(p["values"], list | tuple) or not p["values"]:
+                raise UserError(f"{where}: parameter {name!r} needs a non-empty list of "
+                                "`values`")
+            if len(p["values"]) > MAX_VALUES or not all(map(_scalar, p["values"])):
+                raise UserError(f"{where}: parameter {name!r}: `values` must be at most "
+                                f"{MAX_VALUES} numbers, strings or booleans (no nested lists or "
+                                "mappings)")
+            return cls("values", values=tuple(p["values"]))
+        dist = p.get("distribution", "uniform")
+        if dist not in DISTRIBUTIONS:
+            raise UserError(f"{where}: parameter {name!r} has unknown distribution {dist!r}; "
+                            f"use one of: {', '.join(DISTRIBUTIONS)}")
+        if "min" not in p or "max" not in p:
+            raise UserError(f"{where}: parameter {name!r} needs `min` and `max` (or `values`)")
+        try:
+            if isinstance(p["min"], bool) or isinstance(p["max"], bool):
+                raise TypeError
+            lo, hi = float(p["min"]), float(p["max"])
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: parameter {name!r}: min/max must be finite numbers "
+                            f"(got {p['min']!r}, {p['max']!r})") from None
+        if lo > hi:
+            raise UserError(f"{where}: parameter {name!r} has min {lo:g} > max {hi:g}; swap "
+                            "them")
+        if "log" in dist and lo <= 0:
+            raise UserError(f"{where}: parameter {name!r}: a log distribution needs min > 0")
+        if dist == "log_uniform_values":
+            dist = "log_uniform"
+        return cls("range", distribution=dist, min=lo, max=hi)
+
+    @property
+    def searched(self) -> bool:
+        """A constant is passed to every trial as it is; only choices and ranges are searched."""
+        return self.kind != "value"
+
+    @property
+    def integer(self) -> bool:
+        return self.kind == "range" and self.distribution.startswith("int")
+
+    @property
+    def log(self) -> bool:
+        return self.kind == "range" and "log" in self.distribution
+
+    def as_dict(self) -> dict[str, Any]:
+        """The YAML form, as a search-space file writes it."""
+        if self.kind == "value":
+            return {"value": self.value}
+        if self.kind == "values":
+            return {"values": list(self.values)}
+        return {"distribution": self.distribution, "min": self.min, "max": self.max}
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is a point of this parameter (a portfolio start point must be)."""
+        if self.kind == "value":
+            return value == self.value
+        if self.kind == "values":
+            return value in self.values
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return False
+        if self.integer and float(value) != int(value):
+            return False
+        return self.min <= value <= self.max
+
+    def to_tune(self) -> Any:
+        """A Ray Tune domain (or the constant itself)."""
+        from ray import tune
+
+        if self.kind == "value":
+            return self.value
+        if self.kind == "values":
+            return tune.choice(list(self.values))
+        lo, hi = self.min, self.max
+        if self.distribution == "uniform":
+            return tune.uniform(lo, hi)
+        if self.distribution == "log_uniform":
+            return tune.loguniform(lo, hi)
+        if self.distribution == "int_uniform":
+            return tune.randint(int(lo), int(hi) + 1)  # inclusive max, as W&B
+        return tune.lograndint(int(lo), int(hi) + 1)
+
+    def to_optuna(self) -> Any:
+        """An Optuna distribution, or None for a constant (not searched)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "value":
+            return None
+        if self.kind == "values":
+            return CategoricalDistribution(list(self.values))
+        if self.integer:
+            return IntDistribution(int(self.min), int(self.max), log=self.log)
+        return FloatDistribution(float(self.min), float(self.max), log=self.log)
+
+    def middle(self) -> Any:
+        """The typical value: the middle listed choice, or the middle of the range (geometric
+        for a log distribution)."""
+        if self.kind == "value":
+            return self.value
+        if self.kind == "values":
+            return self.values[len(self.values) // 2]
+        lo, hi = self.min, self.max
+        mid = math.sqrt(lo * hi) if self.log else (lo + hi) / 2
+        return round(mid) if self.integer else mid
+
+    def design_point(self, k: int, n: int) -> Any:
+        """Point `k` of an `n`-point balanced design: each choice equally often (k mod the
+        number of choices), a range at the (k + 0.5) / n quantile of its distribution."""
+        if self.kind == "value":
+            return self.value
+        if self.kind == "values":
+            return self.values[int(k) % len(self.values)]
+        lo, hi, q = self.min, self.max, (int(k) + 0.5) / n
+        x = math.exp(math.log(lo) + q * math.log(hi / lo)) if self.log else lo + q * (hi - lo)
+        return round(x) if self.integer else x
 
 
-def to_tune(p: dict[str, Any]):
-    """One validated parameter -> a Ray Tune domain (or a constant)."""
-    from ray import tune
-
-    if "value" in p:
-        return p["value"]
-    if "values" in p:
-        return tune.choice(p["values"])
-    lo, hi, dist = p["min"], p["max"], p["distribution"]
-    if dist == "uniform":
-        return tune.uniform(lo, hi)
-    if dist == "log_uniform":
-        return tune.loguniform(lo, hi)
-    if dist == "int_uniform":
-        return tune.randint(int(lo), int(hi) + 1)  # inclusive max, as W&B
-    return tune.lograndint(int(lo), int(hi) + 1)
+@functools.lru_cache(maxsize=64)
+def _space_file(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
+    """A search-space file's `parameters`, read once per version of the file: a run asks for
+    its spaces at validation, planning, every Tuner and the saved copy. The file's mtime and
+    size are part of the key, so an edited file is read again. The mapping is shared: callers
+    only read it (load_family_space copies its entries into a new mapping)."""
+    del mtime_ns, size  # cache key only
+    return read_yaml(path, "search space").get("parameters") or {}
 
 
-def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> dict[str, dict]:
+def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> dict[str, Param]:
     """common.yaml + <family>.yaml + overrides, every parameter validated against the trainer's
     options and the family's own hyperparameters."""
     from bench.models import get_entry
@@ -149,7 +252,8 @@ def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> d
     params: dict[str, Any] = {}
     for path in (spaces_dir() / "common.yaml", spaces_dir() / f"{family}.yaml"):
         if path.exists():
-            params.update(read_yaml(path, "search space").get("parameters") or {})
+            stat = path.stat()
+            params.update(_space_file(path, stat.st_mtime_ns, stat.st_size))
     params.update(overrides or {})
     train_keys = set(TrainConfig.__dataclass_fields__) - {"model_hp"}
     allowed = train_keys | set(entry.hparams())
@@ -159,7 +263,7 @@ def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> d
             raise UserError(f"search space for {family!r}: {name!r} is neither a training option "
                             f"nor a hyperparameter of {family} (it takes: "
                             f"{', '.join(sorted(entry.hparams())) or 'none'})")
-        out[name] = validate_param(name, p, f"search space {family}")
+        out[name] = Param.parse(name, p, f"search space {family}")
     return out
 
 
@@ -251,7 +355,7 @@ class Spec:
         return [(d, f) for d in self.datasets for f in self.families
                 if get_entry(f).dims == dataset_info(d).dims]
 
-    def spaces(self) -> dict[str, dict[str, dict]]:
+    def spaces(self) -> dict[str, dict[str, Param]]:
         return {f: load_family_space(f, self.overrides.get(f)) for f in self.families}
 
 
@@ -532,17 +636,17 @@ def _check_space_values(spec: Spec, family: str, space: dict[str, dict], where: 
         at = f"{where}: search space {family}, parameter {name!r}"
         is_int = name in int_options or (isinstance(defaults.get(name), int)
                                          and not isinstance(defaults.get(name), bool))
-        if "distribution" in p:
+        if p.kind == "range":
             if name in defaults and not isinstance(defaults[name], int | float) \
                     or isinstance(defaults.get(name), bool):
                 raise UserError(f"{at}: a {type(defaults[name]).__name__} cannot take a "
                                 "min/max range; list its choices with `values`")
-            if is_int and not p["distribution"].startswith("int_"):
+            if is_int and not p.integer:
                 raise UserError(f"{at} is an integer; use distribution int_uniform or "
                                 "int_log_uniform")
-            candidates = [int(p["min"]), int(p["max"])] if is_int else [p["min"], p["max"]]
+            candidates = [int(p.min), int(p.max)] if is_int else [p.min, p.max]
         else:
-            candidates = [p["value"]] if "value" in p else p["values"]
+            candidates = [p.value] if p.kind == "value" else list(p.values)
         for v in candidates:
             bounds = OPTION_BOUNDS.get(name) or (HPARAM_BOUNDS.get(name) if name in defaults
                                                  else None)

@@ -52,25 +52,6 @@ def storage_url(path: Path | str) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-def to_distribution(p: dict[str, Any]):
-    """One validated search-space parameter (bench.spaces) -> an Optuna distribution, or None
-    for a constant (`value`), which is not searched."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    if "value" in p:
-        return None
-    if "values" in p:
-        return CategoricalDistribution(list(p["values"]))
-    dist, lo, hi = p["distribution"], p["min"], p["max"]
-    if dist in ("int_uniform", "int_log_uniform"):
-        return IntDistribution(int(lo), int(hi), log=dist == "int_log_uniform")
-    return FloatDistribution(float(lo), float(hi), log=dist == "log_uniform")
-
-
 def _read_spec(run_dir: Path) -> dict[str, Any]:
     from bench.rundir import RunDir
 
@@ -135,7 +116,7 @@ def search_distributions(run_dir: Path, family: str, configs: list[dict]) -> dic
         return _observed_distributions(configs)
     out = {}
     for name, p in space.items():
-        dist = to_distribution(p)
+        dist = p.to_optuna()
         if dist is not None:
             out[name] = _widen(dist, [c[name] for c in configs if name in c])
     return out

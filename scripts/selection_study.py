@@ -58,20 +58,9 @@ def sample_configs(k: int, seed: int = 0) -> list[dict]:
     study = optuna.create_study(sampler=sampler)
     out = []
     for _ in range(k):
-        trial = study.ask()
-        cfg = {}
-        for name, p in space.items():
-            if "value" in p:
-                cfg[name] = p["value"]
-            elif "values" in p:
-                cfg[name] = trial.suggest_categorical(name, p["values"])
-            elif p["distribution"].startswith("int"):
-                cfg[name] = trial.suggest_int(name, int(p["min"]), int(p["max"]),
-                                              log="log" in p["distribution"])
-            else:
-                cfg[name] = trial.suggest_float(name, p["min"], p["max"],
-                                                log="log" in p["distribution"])
-        out.append(cfg)
+        trial = study.ask({name: p.to_optuna() for name, p in space.items() if p.searched})
+        out.append({name: trial.params[name] if p.searched else p.value
+                    for name, p in space.items()})
     return out
 
 

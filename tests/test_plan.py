@@ -53,7 +53,7 @@ def test_calibration_configs_cover_each_choice_equally() -> None:
     configs = calibration_configs(spec, "cnn_small")
     assert len(configs) == CALIBRATION_CONFIGS
     for name in ("width", "batch_size", "depth"):
-        values = spec.spaces()["cnn_small"][name]["values"]
+        values = spec.spaces()["cnn_small"][name].values
         counts = Counter(c[name] for c in configs)
         assert set(counts) == set(values) and len(set(counts.values())) == 1, (name, counts)
     assert calibration_configs(spec, "cnn_small") == configs  # the same everywhere

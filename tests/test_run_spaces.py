@@ -24,7 +24,10 @@ def test_a_fresh_run_directory_saves_the_resolved_spaces_beside_its_spec(tmp_pat
     run_dir = tmp_path / "run"
     assert prepare_run_dir(run_dir, spec) is False
     saved = yaml.safe_load((run_dir / SPACES_FILE).read_text())
-    assert saved == spec.spaces() and list(saved) == ["mlp", "cnn_small"]
+    assert list(saved) == ["mlp", "cnn_small"]
+    assert saved == {f: {n: p.as_dict() for n, p in space.items()}
+                     for f, space in spec.spaces().items()}
+    assert {f: family_space(run_dir, f) for f in saved} == spec.spaces()  # reads back equal
     assert saved["mlp"]["hidden"] == {"values": [32, 64]}  # the override, not mlp.yaml's
     assert saved["mlp"]["lr"] == {"value": 0.01}
     # a resume finds the same spec and leaves the saved copy as it was
@@ -54,7 +57,7 @@ def test_a_run_without_spaces_yaml_falls_back_to_todays_space(tmp_path: Path):
     assert read_spaces(run_dir) is None
     assert family_space(run_dir, "mlp") == load_family_space("mlp")
     overrides = {"hidden": {"values": [5, 6]}}
-    assert family_space(run_dir, "mlp", overrides)["hidden"] == {"values": [5, 6]}
+    assert family_space(run_dir, "mlp", overrides)["hidden"].as_dict() == {"values": [5, 6]}
     # a saved file without this family: today's space for it too
     (run_dir / SPACES_FILE).write_text(yaml.safe_dump({"cnn_small": {"lr": {"value": 0.1}}}))
     assert family_space(run_dir, "mlp") == load_family_space("mlp")

@@ -22,7 +22,7 @@ from bench.budget import (
     search_wall_s,
 )
 from bench.data import all_flags
-from bench.portfolio import fits, load_entries, start_points
+from bench.portfolio import load_entries, start_points
 from bench.selection import choose_configs, pick_entries, score, top_candidates
 from bench.spaces import build_spec, load_family_space
 
@@ -192,9 +192,9 @@ def test_start_points_never_come_from_the_searched_dataset():
 def test_start_points_hold_every_searched_parameter_inside_the_space():
     space = load_family_space("mlp")
     (p,) = start_points("breastmnist", "mlp", space, 5, ENTRIES)
-    searched = {n: d for n, d in space.items() if "value" not in d}
+    searched = {n: d for n, d in space.items() if d.searched}
     assert set(p) == set(searched)
-    assert all(fits(v, searched[n]) for n, v in p.items())
+    assert all(searched[n].contains(v) for n, v in p.items())
     assert p["lr"] == 0.002 and p["label_smoothing"] == 0.0  # unset: the trainer's default
     # entries found on more datasets come first
     more = [*ENTRIES, {"id": "e", "family": "mlp", "found_on": ["dermamnist", "octmnist"],

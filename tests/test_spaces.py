@@ -14,12 +14,11 @@ from bench.errors import UserError
 from bench.models import get_entry, list_models
 from bench.spaces import (
     PRESETS,
+    Param,
     build_spec,
     load_family_space,
     load_spec,
     spaces_dir,
-    to_tune,
-    validate_param,
 )
 from bench.train import TrainConfig
 
@@ -54,11 +53,12 @@ def test_family_space_loads_and_validates(family):
     assert space, family
     for name, p in space.items():
         assert name in train_keys | set(entry.hparams()), name
-        assert set(p) in ({"value"}, {"values"}, {"distribution", "min", "max"}), (name, p)
+        assert isinstance(p, Param) and p.kind in ("value", "values", "range"), (name, p)
+        assert Param.parse(name, p.as_dict(), "t") == p  # the YAML form reads back the same
     # the common training options are searched for every family
     assert {"optimizer", "lr", "batch_size"} <= set(space)
     # every domain builds, and a sample of it is a config the trainer accepts
-    domains = {k: to_tune(v) for k, v in space.items()}
+    domains = {k: v.to_tune() for k, v in space.items()}
     rng = random.Random(0)
     for _ in range(3):
         cfg = {k: (d.sample(random_state=rng.randrange(2**31)) if isinstance(d, sample.Domain)
@@ -108,33 +108,33 @@ def test_smoke_preset_is_small():
 # --- to_tune -------------------------------------------------------------------------------------
 
 def test_to_tune_domain_types():
-    assert to_tune({"value": 3}) == 3
-    choice = to_tune({"values": ["adam", "sgd"]})
+    assert Param.parse("x", {"value": 3}, "t").to_tune() == 3
+    choice = Param.parse("x", {"values": ["adam", "sgd"]}, "t").to_tune()
     assert isinstance(choice, sample.Categorical)
     assert list(choice.categories) == ["adam", "sgd"]
 
-    uni = to_tune(validate_param("x", {"distribution": "uniform", "min": 0, "max": 0.5}, "t"))
+    uni = Param.parse("x", {"distribution": "uniform", "min": 0, "max": 0.5}, "t").to_tune()
     assert isinstance(uni, sample.Float)
     assert isinstance(uni.get_sampler(), sample.Float._Uniform)
     assert (uni.lower, uni.upper) == (0.0, 0.5)
 
-    log = to_tune(validate_param("x", {"distribution": "log_uniform", "min": 1e-4,
-                                       "max": 1e-2}, "t"))
+    log = Param.parse("x", {"distribution": "log_uniform", "min": 1e-4, "max": 1e-2},
+                      "t").to_tune()
     assert isinstance(log, sample.Float)
     assert isinstance(log.get_sampler(), sample.Float._LogUniform)
     assert (log.lower, log.upper) == (1e-4, 1e-2)
 
 
 def test_wandb_alias_log_uniform_values_means_log_uniform():
-    p = validate_param("lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
-                       "t")
-    assert p == {"distribution": "log_uniform", "min": 1e-4, "max": 1e-1}
-    assert isinstance(to_tune(p).get_sampler(), sample.Float._LogUniform)
+    p = Param.parse("lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+                    "t")
+    assert p.as_dict() == {"distribution": "log_uniform", "min": 1e-4, "max": 1e-1}
+    assert isinstance(p.to_tune().get_sampler(), sample.Float._LogUniform)
 
 
 def test_int_uniform_is_inclusive_of_max():
-    d = to_tune(validate_param("layers", {"distribution": "int_uniform", "min": 1, "max": 3},
-                               "t"))
+    d = Param.parse("layers", {"distribution": "int_uniform", "min": 1, "max": 3},
+                    "t").to_tune()
     assert isinstance(d, sample.Integer)
     assert isinstance(d.get_sampler(), sample.Integer._Uniform)
     assert (d.lower, d.upper) == (1, 4)  # Tune's upper bound is exclusive
@@ -143,8 +143,8 @@ def test_int_uniform_is_inclusive_of_max():
 
 
 def test_int_log_uniform_is_inclusive_of_max():
-    d = to_tune(validate_param("hidden", {"distribution": "int_log_uniform", "min": 2,
-                                          "max": 4}, "t"))
+    d = Param.parse("hidden", {"distribution": "int_log_uniform", "min": 2, "max": 4},
+                    "t").to_tune()
     assert isinstance(d, sample.Integer)
     assert isinstance(d.get_sampler(), sample.Integer._LogUniform)
     assert (d.lower, d.upper) == (2, 5)
@@ -154,33 +154,33 @@ def test_int_log_uniform_is_inclusive_of_max():
 
 def test_to_tune_domains_match_ray_constructors():
     # the same types Tune's own constructors return (guards against Ray API drift)
-    assert type(to_tune({"values": [1]})) is type(tune.choice([1]))
-    p = validate_param("x", {"distribution": "int_uniform", "min": 1, "max": 2}, "t")
-    assert type(to_tune(p)) is type(tune.randint(1, 3))
+    assert type(Param.parse("x", {"values": [1]}, "t").to_tune()) is type(tune.choice([1]))
+    p = Param.parse("x", {"distribution": "int_uniform", "min": 1, "max": 2}, "t")
+    assert type(p.to_tune()) is type(tune.randint(1, 3))
 
 
 def test_bare_scalar_is_a_constant():
-    assert validate_param("x", 0.5, "t") == {"value": 0.5}
-    assert to_tune(validate_param("x", 0.5, "t")) == 0.5
+    assert Param.parse("x", 0.5, "t") == Param("value", value=0.5)
+    assert Param.parse("x", 0.5, "t").to_tune() == 0.5
 
 
 def test_family_space_applies_overrides():
     space = load_family_space("cnn_small", {"width": {"values": [0.25]}, "lr": 0.01})
-    assert space["width"] == {"values": [0.25]}
-    assert space["lr"] == {"value": 0.01}
-    assert space["optimizer"]["values"]  # common.yaml still applies
+    assert space["width"].as_dict() == {"values": [0.25]}
+    assert space["lr"].as_dict() == {"value": 0.01}
+    assert space["optimizer"].values  # common.yaml still applies
 
 
 def test_spec_overrides_reach_the_family_space():
     spec = build_spec(tiny(overrides={"cnn_small": {"width": {"values": [0.5]}}}))
-    assert spec.spaces()["cnn_small"]["width"] == {"values": [0.5]}
+    assert spec.spaces()["cnn_small"]["width"].as_dict() == {"values": [0.5]}
 
 
 # --- bad input: one UserError, saying what is wrong ----------------------------------------------
 
 def test_unknown_distribution():
     with pytest.raises(UserError, match="unknown distribution 'normal'") as e:
-        validate_param("lr", {"distribution": "normal", "min": 0, "max": 1}, "space x")
+        Param.parse("lr", {"distribution": "normal", "min": 0, "max": 1}, "space x")
     assert "log_uniform" in str(e.value)  # names the choices
     msg = error_of(tiny(overrides={"cnn_small": {"lr": {"distribution": "normal", "min": 0.1,
                                                         "max": 1}}}))
@@ -189,21 +189,21 @@ def test_unknown_distribution():
 
 def test_min_above_max():
     with pytest.raises(UserError, match=r"min 0\.5 > max 0\.1; swap them"):
-        validate_param("dropout", {"distribution": "uniform", "min": 0.5, "max": 0.1}, "t")
+        Param.parse("dropout", {"distribution": "uniform", "min": 0.5, "max": 0.1}, "t")
 
 
 @pytest.mark.parametrize("dist", ["log_uniform", "int_log_uniform", "log_uniform_values"])
 @pytest.mark.parametrize("lo", [0, -1e-3])
 def test_log_distribution_needs_positive_min(dist, lo):
     with pytest.raises(UserError, match="log distribution needs min > 0"):
-        validate_param("lr", {"distribution": dist, "min": lo, "max": 1}, "t")
+        Param.parse("lr", {"distribution": dist, "min": lo, "max": 1}, "t")
 
 
 @pytest.mark.parametrize("bad", [{"values": []}, {"values": 3}, {"distribution": "uniform"},
                                  {"min": "a", "max": 1}])
 def test_malformed_parameter(bad):
     with pytest.raises(UserError, match="'p'"):
-        validate_param("p", bad, "t")
+        Param.parse("p", bad, "t")
 
 
 def test_hyperparameter_the_family_does_not_take():
@@ -354,3 +354,23 @@ def test_budgets_trial_images_must_be_a_positive_integer():
     with pytest.raises(UserError, match="trial_images must be an integer >= 1"):
         load_spec(preset="quick", datasets="adrenalmnist3d",
                   budgets={"cnn3d_small": {"trial_images": 0}})
+
+
+def test_a_param_owns_membership_typical_value_and_design_points():
+    """Param is the one interpreter of a parameter: the portfolio asks `contains`, the cost plan
+    `middle` and `design_point`, Tune `to_tune`, Optuna `to_optuna`."""
+    depth = Param.parse("depth", {"distribution": "int_uniform", "min": 1, "max": 4}, "t")
+    assert depth.contains(2) and depth.contains(4.0) and not depth.contains(2.5)
+    assert not depth.contains(True) and not depth.contains(float("nan"))
+    assert not depth.contains(5) and depth.middle() == 2  # round(2.5): banker's rounding
+    lr = Param.parse("lr", {"distribution": "log_uniform", "min": 1e-4, "max": 1e-2}, "t")
+    assert lr.middle() == pytest.approx(1e-3)  # geometric, not (1e-4 + 1e-2) / 2
+    points = [lr.design_point(k, 4) for k in range(4)]
+    assert points == sorted(points) and points[0] > 1e-4 and points[-1] < 1e-2
+    assert points[1] * points[2] == pytest.approx(1e-6)  # symmetric about 1e-3 on a log scale
+    width = Param.parse("width", {"values": [0.5, 1.0, 2.0]}, "t")
+    assert width.middle() == 1.0 and [width.design_point(k, 6) for k in range(4)] == \
+        [0.5, 1.0, 2.0, 0.5]
+    assert width.contains(2.0) and not width.contains(3.0) and width.searched
+    const = Param.parse("ema", 0.0, "t")
+    assert not const.searched and const.contains(0.0) and const.to_optuna() is None

@@ -20,7 +20,6 @@ from bench.studies import (
     load_studies,
     param_importances,
     storage_url,
-    to_distribution,
 )
 
 
@@ -113,13 +112,20 @@ def test_equal_budget_study_compares_all_trials_at_the_shortest_run(run):
     assert sum(imp.values()) == pytest.approx(1.0)
 
 
-def test_to_distribution_covers_every_space_kind():
+def test_to_optuna_covers_every_space_kind():
+    from bench.spaces import Param
+
+    def to_distribution(p: dict):
+        return Param.parse("x", p, "t").to_optuna()
+
     assert to_distribution({"value": 3}) is None
     assert to_distribution({"values": [1, 2]}) == CategoricalDistribution([1, 2])
     assert to_distribution({"distribution": "int_log_uniform", "min": 2.0, "max": 64.0}) == \
         IntDistribution(2, 64, log=True)
     assert to_distribution({"distribution": "uniform", "min": 0.0, "max": 0.5}) == \
         FloatDistribution(0.0, 0.5)
+    assert to_distribution({"distribution": "log_uniform", "min": 1e-4, "max": 1e-2}) == \
+        FloatDistribution(1e-4, 1e-2, log=True)
 
 
 def test_finish_order_falls_back_to_row_order():
