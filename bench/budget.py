@@ -16,7 +16,10 @@ are written to meta.json and printed.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.spaces import Fidelity
 
 # Fraction of a dataset's budget that the search phase may spend; the rest pays for the
 # selection re-runs and the final seeds, whose cost is known once the search has timed a trial.
@@ -31,13 +34,14 @@ def epochs_for(trial_images: int, n_train: int, min_epochs: int = 1,
     return int(min(max_epochs, max(min_epochs, math.ceil(trial_images / n_train))))
 
 
-def final_epochs(trial_epochs: int, fidelity: dict[str, Any]) -> int:
+def final_epochs(trial_epochs: int, fidelity: Fidelity | None) -> int:
     """Epochs of a final seed: `fidelity.final_factor` times a full-fidelity trial's, capped by
     `fidelity.max_epochs`. A search trial is kept short so that many configurations fit the
     budget; the chosen configuration is trained `final_seeds` times only, so a longer schedule
     costs little there (the best-validation epoch is still the one kept and scored)."""
-    factor = float(fidelity.get("final_factor", 1)) if fidelity else 1.0
-    cap = int(fidelity.get("max_epochs", 1000)) if fidelity else trial_epochs
+    if fidelity is None:
+        return trial_epochs
+    factor, cap = float(fidelity.final_factor), int(fidelity.max_epochs)
     return max(trial_epochs, min(cap, math.ceil(trial_epochs * factor)))
 
 
@@ -114,7 +118,7 @@ def _is_reference(row: dict) -> bool:
     return bool((row.get("config") or {}).get("entry"))
 
 
-def full_run_costs(trials: list[dict], dataset: str, fidelity: dict[str, Any] | None
+def full_run_costs(trials: list[dict], dataset: str, fidelity: Fidelity | None
                    ) -> dict[str, dict[str, float]]:
     """Per family of `dataset`: the device-seconds of one selection re-run (a trial's full
     epochs) and of one final seed (`final_epochs` of them), from the search's own trials: the
@@ -134,7 +138,7 @@ def full_run_costs(trials: list[dict], dataset: str, fidelity: dict[str, Any] | 
     for family, costs in per_epoch.items():
         median = sorted(costs)[len(costs) // 2]
         out[family] = {"rerun_s": median * epochs[family],
-                       "final_s": median * final_epochs(epochs[family], fidelity or {})}
+                       "final_s": median * final_epochs(epochs[family], fidelity)}
     return out
 
 

@@ -82,8 +82,8 @@ def reproduction(spec: Spec, data_dir: str | Path | None) -> dict[str, Any]:
     return {"command": shlex.join(["medbench", *sys.argv[1:]]) if by_cli else None,
             "deterministic": bool(spec.deterministic), "data_files": files,
             "versions": package_versions(),
-            "seeds": {"search": 0, "selection": list(range(1, 1 + int(
-                (spec.selection or {}).get("seeds", 0)))),
+            "seeds": {"search": 0, "selection": list(range(
+                1, 1 + (spec.selection_config.seeds if spec.selection_config else 0))),
                       "final": [spec.final_seed_base + k for k in range(spec.final_seeds)],
                       "reference": [spec.final_seed_base + k
                                     for k in range(spec.reference_seeds)]}}

@@ -315,20 +315,20 @@ def plan_dataset(spec: Spec, flag: str, p: Profile, slots: int) -> list[dict[str
         epochs = spec.trial_epochs(f, n_train)
         b = spec.budget(f)
         if spec.scheduler == "asha":
-            grace = (max(1, round(float(spec.fidelity.get("grace_fraction", 1 / 3)) * epochs))
-                     if spec.fidelity else b["grace_period"])
+            fidelity = spec.fidelity_config
+            grace = fidelity.grace_epochs(epochs) if fidelity else b["grace_period"]
             search_epochs = asha_epochs(epochs, grace, float(spec.reduction_factor),
                                         None if budgeted else b["num_samples"])
         else:
             search_epochs = float(epochs)
         cost = _run_s(p, f, flag, spec.size, search_epochs) * p.held
         demand[f] = (float(b["num_samples"]), cost)
+        final = final_epochs(epochs, spec.fidelity_config)
         rows[f] = {"dataset": flag, "family": f, "trial_epochs": epochs,
                    "trial_images": epochs * n_train, "search_epochs": search_epochs,
                    "rerun_s": _run_s(p, f, flag, spec.size, epochs) * p.held,
-                   "final_s": _run_s(p, f, flag, spec.size,
-                                     final_epochs(epochs, spec.fidelity), final=True) * p.held,
-                   "final_epochs": final_epochs(epochs, spec.fidelity)}
+                   "final_s": _run_s(p, f, flag, spec.size, final, final=True) * p.held,
+                   "final_epochs": final}
     if budgeted:
         search = search_wall_s(spec.budget_s) * slots * p.held
         trials = _water_fill(search, demand)
@@ -337,8 +337,8 @@ def plan_dataset(spec: Spec, flag: str, p: Profile, slots: int) -> list[dict[str
         if spec.time_budget_s:  # each experiment's Tuner stops at its wall limit
             cap = spec.time_budget_s * slots * p.held
             trials = {f: min(n, cap / demand[f][1]) for f, n in trials.items()}
-    sel = spec.selection or {}
-    top_k, seeds = (int(sel.get("top_k", 3)), int(sel.get("seeds", 2))) if sel else (0, 0)
+    sel = spec.selection_config
+    top_k, seeds = (sel.top_k, sel.seeds) if sel else (0, 0)
     n_final = int(spec.final_seeds)
     search_s = sum(trials[f] * demand[f][1] for f in fams)
     if budgeted:

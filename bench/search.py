@@ -204,9 +204,10 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
         from ray.tune.search import BasicVariantGenerator
 
         searcher = BasicVariantGenerator(points_to_evaluate=points, random_state=0)
-    if spec.fidelity:  # rungs counted in training images seen, the same on every dataset
+    fidelity = spec.fidelity_config
+    if fidelity:  # rungs counted in training images seen, the same on every dataset
         per_epoch = int(plan["images_per_epoch"])
-        grace = max(1, round(float(spec.fidelity.get("grace_fraction", 1 / 3)) * epochs))
+        grace = fidelity.grace_epochs(epochs)
         asha_kw = {"time_attr": "images_seen", "max_t": epochs * per_epoch,
                    "grace_period": grace * per_epoch}
     else:
@@ -296,7 +297,7 @@ def selection_jobs(spec: Spec, candidates: dict[tuple[str, str], list[dict]],
                    seeds_by_dataset: dict[str, int] | None = None) -> list[dict]:
     """Re-runs of each candidate config on seeds 1..S (search trials used seed 0); S per
     dataset when its budget plan says so (bench.budget.plan_rest)."""
-    seeds = int(spec.selection.get("seeds", 2))
+    seeds = spec.selection_config.seeds if spec.selection_config else 0
     by = seeds_by_dataset or {}
     return [{**t["config"], "seed": 1 + k, "phase": "select", "candidate": t["trial_id"]}
             for (d, _), cands in candidates.items() for t in cands
@@ -314,7 +315,7 @@ def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict],
     jobs = []
     for (d, _), cfg in configs.items():
         epochs = cfg.get("epochs") or spec.budget(cfg["model"])["max_epochs"]
-        epochs = final_epochs(int(epochs), spec.fidelity)
+        epochs = final_epochs(int(epochs), spec.fidelity_config)
         jobs += [{**cfg, "seed": spec.final_seed_base + k, "phase": "final", "epochs": epochs}
                  for k in range(by.get(d, spec.final_seeds))]
     return jobs
@@ -353,18 +354,17 @@ def rest_plans(spec: Spec, slots: int, trials: list[dict],
 
     if not spec.budget_s or spec.deterministic:  # deterministic: counts never follow the clock
         return {}
-    sel = spec.selection or {}
+    sel = spec.selection_config
     plans = {}
     for flag in spec.datasets:
         spent = sum(float(r.get("device_s") or 0) for r in [*trials, *(spent_before or [])]
                     if r.get("dataset") == flag)
         timed = [r for r in (spent_before or []) if r.get("dataset") == flag
                  and r.get("status", "ok") == "ok"] or trials
-        costs = full_run_costs(timed, flag, spec.fidelity)
+        costs = full_run_costs(timed, flag, spec.fidelity_config)
         plans[flag] = plan_rest(planned_device_s(spec.budget_s, slots, _resources(spec)) - spent,
-                                costs,
-                                int(sel.get("top_k", 3)) if sel else 0,
-                                int(sel.get("seeds", 2)) if sel else 0, spec.final_seeds)
+                                costs, sel.top_k if sel else 0, sel.seeds if sel else 0,
+                                spec.final_seeds)
     return plans
 
 
@@ -565,9 +565,8 @@ def concurrent_experiments(spec: Spec, cluster: dict[str, float]) -> int:
 def _echo_cut(echo: Callable[[str], None], flag: str, plan: dict, spec: Spec,
               phase: str) -> None:
     """Say when a dataset's budget plan runs fewer re-runs or final seeds than the spec."""
-    sel = spec.selection or {}
-    if phase == "selection" and (plan["top_k"], plan["seeds"]) != (
-            int(sel.get("top_k", 3)), int(sel.get("seeds", 2))):
+    sel = spec.selection_config
+    if phase == "selection" and sel and (plan["top_k"], plan["seeds"]) != (sel.top_k, sel.seeds):
         what = (f"top {plan['top_k']} x {plan['seeds']} seed(s)" if plan["top_k"]
                 else "none: the best validation trial is kept")
         echo(f"budget {flag}: selection re-runs cut to {what} (a full-fidelity run costs more "
@@ -637,8 +636,9 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
     configs = best_configs(out["trials"])
     slots = trial_slots(spec, ray.cluster_resources())
     plans_left = rest_plans(spec, slots, out["trials"])
-    if spec.selection:
-        candidates = top_candidates(out["trials"], int(spec.selection.get("top_k", 3)))
+    sel = spec.selection_config
+    if sel:
+        candidates = top_candidates(out["trials"], sel.top_k)
         for flag, p in plans_left.items():  # a dataset whose budget cannot pay re-runs
             for key in [k for k in candidates if k[0] == flag]:
                 candidates[key] = candidates[key][:p["top_k"]]
@@ -646,8 +646,8 @@ def search(spec: Spec, run_dir: Path, storage: str, arrays: dict[str, dict], tra
         candidates = {k: c for k, c in candidates.items() if c}
         jobs = selection_jobs(spec, candidates, {d: p["seeds"] for d, p in plans_left.items()})
         if jobs:
-            echo(f"selection: top {spec.selection.get('top_k', 3)} configs per experiment "
-                 f"re-run on {spec.selection.get('seeds', 2)} more seeds ({len(jobs)} runs)")
+            echo(f"selection: top {sel.top_k} configs per experiment re-run on {sel.seeds} "
+                 f"more seeds ({len(jobs)} runs)")
             out["selection"] = _wait_all([lambda: ray.remote(num_cpus=0)(run_final).options(
                 **on_this_node()).remote(
                 spec, storage, data_ref, tracker, board, jobs, "select")], board, echo, t0)[0]

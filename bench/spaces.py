@@ -267,6 +267,70 @@ def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> d
     return out
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """A spec's `fidelity:` mapping, typed, its defaults declared here and nowhere else: search
+    trials train for a number of images seen (`trial_images`), not epochs, within
+    [min_epochs, max_epochs] epochs; ASHA's first rung is `grace_fraction` of a trial; a final
+    seed trains `final_factor` times a trial's epochs (bench/budget.py). Spec.fidelity keeps
+    the mapping as written (spec.yaml compares it on resume); Spec.fidelity_config reads it."""
+
+    trial_images: float
+    min_epochs: int = 1
+    max_epochs: int = 1000
+    grace_fraction: float = 1 / 3
+    final_factor: float = 1.0
+
+    @classmethod
+    def check(cls, raw: dict[str, Any], where: str) -> None:
+        """The mapping's keys and ranges, each with its fix (build_spec, once)."""
+        if not raw:
+            return
+        keys = set(cls.__dataclass_fields__)
+        if set(raw) - keys or "trial_images" not in raw:
+            raise UserError(f"{where}: fidelity takes trial_images (required), min_epochs, "
+                            f"max_epochs, grace_fraction, final_factor (got {sorted(raw)})")
+        f = cls(**raw)
+        _in_range(f.final_factor, "fidelity.final_factor", 1, 20, where)
+        _in_range(f.trial_images, "fidelity.trial_images", 1, 1e10, where)
+        _in_range(f.min_epochs, "fidelity.min_epochs", 1, 10_000, where)
+        _in_range(f.max_epochs, "fidelity.max_epochs", float(f.min_epochs), 10_000, where)
+        _in_range(f.grace_fraction, "fidelity.grace_fraction", 0.01, 1, where)
+
+    def grace_epochs(self, trial_epochs: int) -> int:
+        """ASHA's grace period in epochs for a trial of `trial_epochs`."""
+        return max(1, round(float(self.grace_fraction) * trial_epochs))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A spec's `selection:` mapping, typed: the `top_k` best search trials per (dataset,
+    family) re-run on `seeds` more seeds before the final phase (bench/selection.py). Its
+    defaults are declared here and nowhere else."""
+
+    top_k: int = 3
+    seeds: int = 2
+
+    @classmethod
+    def check(cls, raw: dict[str, Any], where: str) -> None:
+        if not raw:
+            return
+        if set(raw) - set(cls.__dataclass_fields__):
+            raise UserError(f"{where}: selection takes top_k and seeds (got {sorted(raw)})")
+        for key, value in raw.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{where}: selection.{key} must be an integer, got {value!r}")
+        s = cls(**raw)
+        _in_range(s.top_k, "selection.top_k", 1, 50, where)
+        _in_range(s.seeds, "selection.seeds", 0, 20, where)
+
+
+def _in_range(value: Any, what: str, lo: float, hi: float, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise UserError(f"{where}: {what} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
 @dataclass
 class Spec:
     """An experiment: which datasets x families, how to search, how to evaluate finally."""
@@ -324,6 +388,16 @@ class Spec:
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)
 
+    @property
+    def fidelity_config(self) -> Fidelity | None:
+        """`fidelity`, typed (None: trials train for epochs, not images)."""
+        return Fidelity(**self.fidelity) if self.fidelity else None
+
+    @property
+    def selection_config(self) -> Selection | None:
+        """`selection`, typed (None: no selection phase)."""
+        return Selection(**self.selection) if self.selection else None
+
     def budget(self, family: str) -> dict[str, int]:
         """num_samples / max_epochs / grace_period for one family: the spec's, unless
         `budgets` overrides them (a ResNet on a CPU costs ~100x a small CNN per epoch)."""
@@ -339,13 +413,12 @@ class Spec:
         """Epochs of a full-fidelity trial of `family` on a training split of n_train images."""
         from bench.budget import epochs_for
 
-        if not self.fidelity:
+        f = self.fidelity_config
+        if f is None:
             return self.budget(family)["max_epochs"]
-        f = self.fidelity
         # a family may see fewer images per trial (a 3D CNN on a CPU: budgets.<family>)
-        images = self.budgets.get(family, {}).get("trial_images", f["trial_images"])
-        return epochs_for(int(images), n_train, int(f.get("min_epochs", 1)),
-                          int(f.get("max_epochs", 1000)))
+        images = self.budgets.get(family, {}).get("trial_images", f.trial_images)
+        return epochs_for(int(images), n_train, int(f.min_epochs), int(f.max_epochs))
 
     def pairs(self) -> list[tuple[str, str]]:
         """(dataset, family) experiments: 2D families on 2D sets, 3D on 3D."""
@@ -455,9 +528,6 @@ def _check_fields(raw: dict[str, Any], where: str) -> None:
     for fam, w in (raw.get("distributed") or {}).items():
         check_number(w, f"distributed.{fam} (Ray Train workers)", int, 1,
                      MAX_DISTRIBUTED_WORKERS, where, "workers per trial of that family")
-    for key, value in (raw.get("selection") or {}).items():
-        if key in ("top_k", "seeds") and (isinstance(value, bool) or not isinstance(value, int)):
-            raise UserError(f"{where}: selection.{key} must be an integer, got {value!r}")
 
 
 # Training options each trial gets from the experiment, not from a search space.
@@ -674,38 +744,16 @@ def _check_space_values(spec: Spec, family: str, space: dict[str, dict], where: 
 
 def _check_budget_fields(spec: Spec, where: str) -> None:
     """fidelity / budget_s / portfolio / selection, each with its fix."""
-    def num(value: Any, what: str, lo: float, hi: float) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not lo <= value <= hi:
-            raise UserError(f"{where}: {what} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-        return float(value)
-
     for key in ("fidelity", "selection"):
         if not isinstance(getattr(spec, key), dict):
             raise UserError(f"{where}: {key} must be a mapping")
-    f = spec.fidelity
-    if f:
-        extra = set(f) - {"trial_images", "min_epochs", "max_epochs", "grace_fraction",
-                          "final_factor"}
-        if extra or "trial_images" not in f:
-            raise UserError(f"{where}: fidelity takes trial_images (required), min_epochs, "
-                            f"max_epochs, grace_fraction, final_factor (got {sorted(f)})")
-        num(f.get("final_factor", 1), "fidelity.final_factor", 1, 20)
-        num(f["trial_images"], "fidelity.trial_images", 1, 1e10)
-        lo = num(f.get("min_epochs", 1), "fidelity.min_epochs", 1, 10_000)
-        num(f.get("max_epochs", 1000), "fidelity.max_epochs", lo, 10_000)
-        num(f.get("grace_fraction", 1 / 3), "fidelity.grace_fraction", 0.01, 1)
-    num(spec.budget_s, "budget_s (seconds per dataset; 0: no limit)", 0, 1e7)
+    Fidelity.check(spec.fidelity, where)
+    _in_range(spec.budget_s, "budget_s (seconds per dataset; 0: no limit)", 0, 1e7, where)
     if isinstance(spec.portfolio, bool) or not isinstance(spec.portfolio, int) \
             or not 0 <= spec.portfolio <= 20:
         raise UserError(f"{where}: portfolio is how many start configurations per family "
                         f"(0-20), got {spec.portfolio!r}")
-    sel = spec.selection
-    if sel:
-        if set(sel) - {"top_k", "seeds"}:
-            raise UserError(f"{where}: selection takes top_k and seeds (got {sorted(sel)})")
-        num(sel.get("top_k", 3), "selection.top_k", 1, 50)
-        num(sel.get("seeds", 2), "selection.seeds", 0, 20)
+    Selection.check(spec.selection, where)
 
 
 def load_spec(spec_file: Path | None = None, preset: str | None = None,

@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", default="reports/final-fidelity-study.json")
     args = ap.parse_args()
 
-    max_epochs = int(load_spec(preset="quick").fidelity.get("max_epochs", 1000))
+    max_epochs = load_spec(preset="quick").fidelity_config.max_epochs
     final = pd.read_parquet(Path(args.run) / "final.parquet")
     jobs = []
     for dataset, rows in final[final.family == args.family].groupby("dataset"):

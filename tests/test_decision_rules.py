@@ -19,6 +19,7 @@ import pytest
 from bench import selection
 from bench.budget import full_run_costs, plan_rest
 from bench.selection import choose_configs, score, top_candidates
+from bench.spaces import Fidelity
 
 
 def _trial(tid: str, auc: float, acc: float, epochs_run: int = 10, **extra) -> dict:
@@ -275,7 +276,8 @@ def test_full_run_cost_is_the_median_per_epoch_over_unsorted_trials_stopped_ones
     trial 100, the median cost per trial (not per epoch run) 100."""
     trials = [_timed("t1", 10, 100.0), _timed("t2", 2, 40.0), _timed("t3", 10, 50.0),
               _timed("t4", 10, 300.0), {**_timed("t5", 10, 1.0), "status": "failed"}]
-    costs = full_run_costs(trials, "breastmnist", {"final_factor": 2, "max_epochs": 15})
+    costs = full_run_costs(trials, "breastmnist",
+                           Fidelity(trial_images=1, final_factor=2, max_epochs=15))
     assert costs["mlp"]["rerun_s"] == pytest.approx(200.0)
     assert costs["mlp"]["final_s"] == pytest.approx(300.0)  # 10 epochs x 2, capped at 15
 

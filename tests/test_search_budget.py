@@ -24,7 +24,7 @@ from bench.budget import (
 from bench.data import all_flags
 from bench.portfolio import load_entries, start_points
 from bench.selection import choose_configs, pick_entries, score, top_candidates
-from bench.spaces import build_spec, load_family_space
+from bench.spaces import Fidelity, build_spec, load_family_space
 
 # --- budgets ---------------------------------------------------------------------------------
 
@@ -43,11 +43,11 @@ def test_epochs_for_turns_images_into_whole_epochs(images, n_train, lo, hi, want
     (9, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 18),
     (74, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 100),  # capped
     (9, {"trial_images": 1}, 9),                      # no factor: as long as a trial
-    (9, {}, 9),                                       # no fidelity at all
+    (9, None, 9),                                     # no fidelity at all
     (120, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 120),  # never shorter
 ])
 def test_final_seeds_train_final_factor_times_a_trial(trial, fidelity, want):
-    assert final_epochs(trial, fidelity) == want
+    assert final_epochs(trial, Fidelity(**fidelity) if fidelity else None) == want
 
 
 def test_search_phase_is_a_share_of_the_dataset_budget():
@@ -82,10 +82,11 @@ def test_full_run_costs_from_the_median_cost_per_epoch_of_the_dataset_trials():
               _timed("cnn_small", 500.0, 1, status="failed"),
               _timed("cnn_small", 500.0, 1, dataset="breastmnist"),
               _timed("mlp", 3.0, 1), _timed("mlp", 0.0, 0)]
-    costs = full_run_costs(trials, "pathmnist", {"final_factor": 2, "max_epochs": 100})
+    costs = full_run_costs(trials, "pathmnist",
+                           Fidelity(trial_images=1, final_factor=2, max_epochs=100))
     assert costs["cnn_small"] == {"rerun_s": 40.0, "final_s": 80.0}
     assert costs["mlp"] == {"rerun_s": 12.0, "final_s": 24.0}
-    assert full_run_costs(trials, "retinamnist", {}) == {}
+    assert full_run_costs(trials, "retinamnist", None) == {}
 
 
 COSTS = {"cnn_small": {"rerun_s": 40.0, "final_s": 40.0}, "mlp": {"rerun_s": 10.0,

@@ -374,3 +374,25 @@ def test_a_param_owns_membership_typical_value_and_design_points():
     assert width.contains(2.0) and not width.contains(3.0) and width.searched
     const = Param.parse("ema", 0.0, "t")
     assert not const.searched and const.contains(0.0) and const.to_optuna() is None
+
+
+def test_a_sub_config_left_partly_unset_takes_one_default_everywhere(tmp_path):
+    """`selection: {top_k: 2}` leaves seeds unset. The selection phase re-ran each candidate on
+    2 seeds (search.py's default) while meta.json's reproduction block listed none (its own
+    default was 0): each reader re-derived the default. Now Selection/Fidelity declare them once
+    and every reader agrees."""
+    from bench.experiment import reproduction
+    from bench.search import selection_jobs
+
+    spec = build_spec(tiny(selection={"top_k": 2},
+                           fidelity={"trial_images": 1000, "max_epochs": 40}))
+    assert spec.selection_config.seeds == 2 and spec.selection_config.top_k == 2
+    cands = {("breastmnist", "cnn_small"): [{"trial_id": "a", "config": {"lr": 0.1}}]}
+    ran = sorted({j["seed"] for j in selection_jobs(spec, cands)})
+    assert reproduction(spec, tmp_path)["seeds"]["selection"] == ran == [1, 2]
+    f = spec.fidelity_config
+    assert (f.min_epochs, f.max_epochs, f.final_factor) == (1, 40, 1.0)
+    assert f.grace_epochs(9) == 3 and spec.trial_epochs("cnn_small", 100) == 10
+    assert spec.to_dict()["selection"] == {"top_k": 2}  # spec.yaml keeps what was written
+    assert build_spec(tiny()).selection_config is None
+    assert "selection.seeds must be a number in [0, 20]" in error_of(tiny(selection={"seeds": 30}))
