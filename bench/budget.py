@@ -56,7 +56,10 @@ def devices_held(res: dict[str, float], workers: int = 0) -> float:
     """Devices one trial holds while it runs: its GPUs where it has any (a fraction counts as
     that fraction), else its CPUs. A `distributed` trial's Ray Train workers hold one GPU each
     (else max(1, cpu) CPUs each), as `bench.trial.fit_distributed` asks for them."""
-    cpu, gpu = float(res.get("cpu", 1)), float(res.get("gpu", 0))
+    from bench.resources import Resources
+
+    r = Resources.of(res)
+    cpu, gpu = float(r.cpu), r.gpu
     if workers > 1:
         return workers * (1.0 if gpu > 0 else max(1.0, float(int(cpu))))
     return gpu if gpu > 0 else cpu
@@ -105,9 +108,11 @@ def _held_by(spec: Any, tables: dict[str, list[dict]]) -> dict[str, float]:
     """The per-trial resources the run's rows were charged for: a resolved spec's own, else
     (`resources: auto`, resolved on the driver only) the devices its trials held, read off
     their rows (device_s / wall_s)."""
-    res = spec.resources
-    if not isinstance(res.get("cpu", 1), str):
-        return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
+    from bench.resources import Resources
+
+    asked = Resources.of(spec.resources)
+    if asked.plain:
+        return asked.as_plain()
     held = [float(r["device_s"]) / float(r["wall_s"]) for r in tables.get("trials", [])
             if r.get("device_s") and r.get("wall_s")]
     return {"cpu": sorted(held)[len(held) // 2] if held else 1.0, "gpu": 0.0}

@@ -51,10 +51,10 @@ def trial_bundles(spec: Spec, nodes: list[dict[str, float]], for_autoscaler: boo
     trial is `workers` bundles of max(1, cpu) CPUs (and one GPU each when GPUs are used), as
     `bench.trial.fit_distributed` asks Ray Train for. `for_autoscaler`: the GPU bundles an
     autoscaler should add (GPUs kept though no node has one yet)."""
-    from bench.resources import expand, resolve
+    from bench.resources import Resources, expand, resolve
 
     res = expand(spec.resources)
-    if for_autoscaler and float(res.get("gpu", 0)) > 0:
+    if for_autoscaler and Resources.of(res).gpu > 0:
         res = {**res, "require_gpu": True}
     plain = resolve(res, nodes)
     gpu, cpu = plain["gpu"], plain["cpu"]

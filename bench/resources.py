@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bench.errors import UserError
@@ -38,6 +39,37 @@ MAX = {"cpu": 1024, "gpu": 64}  # per trial, upper bounds (far above any real us
 def expand(raw: Any) -> Any:
     """`auto` -> its dict form; anything else unchanged (for the spec check to judge)."""
     return dict(AUTO_RESOURCES) if raw == AUTO else raw
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per-trial resources as a spec or a resolved run gives them, typed: `cpu` a number or
+    AUTO, `gpu` a number, `require_gpu`. The defaults of a key left out (1 CPU, no GPU) are
+    declared here once; every reader goes through `Resources.of` instead of re-deriving them.
+    Spec.resources keeps the mapping as written (spec.yaml compares it on resume)."""
+
+    cpu: float | str = 1.0
+    gpu: float = 0.0
+    require_gpu: bool = False
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any] | str) -> Resources:
+        """From a spec's (checked) `resources`: `auto` or a mapping."""
+        raw = expand(raw)
+        cpu = raw.get("cpu", 1)
+        return cls(cpu=AUTO if cpu == AUTO else float(cpu), gpu=float(raw.get("gpu", 0)),
+                   require_gpu=bool(raw.get("require_gpu", False)))
+
+    @property
+    def plain(self) -> bool:
+        """Whether the CPUs are a number already (not `auto`, which a cluster resolves)."""
+        return self.cpu != AUTO
+
+    def as_plain(self) -> dict[str, float]:
+        """`{cpu, gpu}` numbers; only for plain resources (`resolve` makes `auto` plain)."""
+        if not self.plain:
+            raise ValueError("cpu: auto has no number before `resolve`")
+        return {"cpu": float(self.cpu), "gpu": self.gpu}
 
 
 def check_gpus_per_trial(value: float) -> float:
@@ -64,15 +96,13 @@ def resolve(res: Mapping[str, Any], nodes: Iterable[Mapping[str, float]]) -> dic
     """Plain per-trial `{cpu, gpu}` for a cluster of `nodes` (each a Ray resource dict, `CPU`,
     `GPU`): GPUs only where some node has one (or `require_gpu`), `cpu: auto` as the module
     doc says. Already-plain resources without GPUs on the cluster keep their CPUs."""
-    res = expand(res)
+    asked = Resources.of(res)
     nodes = [dict(n) for n in nodes]
-    gpu = float(res.get("gpu", 0))
+    gpu = asked.gpu
     gpu_nodes = [n for n in nodes if n.get("GPU", 0) > 0]
-    if gpu > 0 and not gpu_nodes and not res.get("require_gpu"):
+    if gpu > 0 and not gpu_nodes and not asked.require_gpu:
         gpu = 0.0
-    cpu = res.get("cpu", 1)
-    if cpu == AUTO:
-        cpu = _cpu_share(gpu, gpu_nodes) if gpu > 0 else 1.0
+    cpu = asked.cpu if asked.plain else _cpu_share(gpu, gpu_nodes) if gpu > 0 else 1.0
     return {"cpu": float(cpu), "gpu": gpu}
 
 
@@ -89,7 +119,8 @@ def _cpu_share(gpu: float, gpu_nodes: list[dict[str, float]]) -> float:
 
 def describe(res: Mapping[str, float]) -> str:
     """`1 GPU + 4 CPU per trial` / `1 CPU per trial`, for the driver's and the plan's lines."""
-    cpu, gpu = float(res.get("cpu", 0)), float(res.get("gpu", 0))
+    r = Resources.of(res)
+    cpu, gpu = float(r.cpu), r.gpu
     parts = ([f"{gpu:g} GPU"] if gpu > 0 else []) + ([f"{cpu:g} CPU"] if cpu > 0 else [])
     return " + ".join(parts) + " per trial"
 

@@ -43,12 +43,10 @@ METRIC = "val_auc"
 def _resources(spec: Spec) -> dict[str, float]:
     """Per-trial resources of a spec `resolve_resources` has made plain (cpu and gpu numbers;
     gpu 0 where the cluster has no GPU); one still `auto` reads as a machine without GPUs."""
-    from bench.resources import AUTO, resolve
+    from bench.resources import Resources, resolve
 
-    res = spec.resources
-    if res.get("cpu") == AUTO:
-        return resolve(res, [])
-    return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
+    asked = Resources.of(spec.resources)
+    return asked.as_plain() if asked.plain else resolve(spec.resources, [])
 
 
 def _alive_nodes() -> list[dict[str, float]]:
@@ -542,12 +540,11 @@ def trial_slots(spec: Spec, cluster: dict[str, float]) -> int:
     """How many trials the cluster (its summed resources) runs side by side with the spec's
     per-trial resources: the fewest any asked-for kind allows (a {cpu: 4, gpu: 0.25} trial on
     16 CPUs and 4 GPUs: 4, not 16). A spec still `auto` is resolved against the cluster."""
-    from bench.resources import AUTO, resolve
+    from bench.resources import Resources, resolve
 
-    res = spec.resources
-    if res.get("cpu") == AUTO:
-        res = resolve(res, [cluster])
-    need = {"CPU": float(res.get("cpu", 1)), "GPU": float(res.get("gpu", 0))}
+    asked = Resources.of(spec.resources)
+    res = asked.as_plain() if asked.plain else resolve(spec.resources, [cluster])
+    need = {"CPU": res["cpu"], "GPU": res["gpu"]}
     fits = [int(cluster.get(kind, 0) / n + 1e-9) for kind, n in need.items() if n > 0]
     return max(1, min(fits)) if fits else 1
 

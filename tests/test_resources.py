@@ -184,3 +184,17 @@ def test_a_retried_trials_history_is_its_last_attempt() -> None:
     assert [h["val_auc"] for h in hist] == [0.5, 0.6, 0.7]  # not the lost attempt's 0.9
     once = pd.DataFrame({"epoch": [1, 2, 3], "val_auc": [0.5, 0.6, 0.7]})
     assert len(_history(SimpleNamespace(metrics_dataframe=once))) == 3
+
+
+def test_resources_of_a_spec_take_their_defaults_in_one_place():
+    """A key left out means 1 CPU and no GPU for every reader (the budget, the slots, the
+    plan): one typed reading, not a `.get` with its own default in each."""
+    from bench.resources import AUTO, Resources
+
+    assert Resources.of({"gpu": 0.5}) == Resources(cpu=1.0, gpu=0.5)
+    assert Resources.of({}).as_plain() == {"cpu": 1.0, "gpu": 0.0}
+    auto = Resources.of("auto")
+    assert auto.cpu == AUTO and auto.gpu == 1.0 and not auto.plain
+    with pytest.raises(ValueError):
+        auto.as_plain()
+    assert Resources.of({"cpu": 2, "gpu": 1, "require_gpu": True}).require_gpu
