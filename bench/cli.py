@@ -137,17 +137,15 @@ def train(
     if seed is not None and seeds is not None:
         raise UserError("give either --seed (one run) or --seeds (several), not both")
     seed_list = parse_seeds(seeds) if seeds is not None else None
-    cfg: dict[str, Any] = {"preset": preset} if preset else {}
-    if config:
-        from bench.spaces import read_yaml
+    from bench.spaces import layered, read_yaml
 
-        cfg.update(read_yaml(config, "config"))
     flags = {"dataset": dataset, "model": model, "epochs": epochs, "lr": lr,
              "optimizer": optimizer, "scheduler": scheduler, "batch_size": batch_size,
              "weight_decay": weight_decay, "seed": seed_list[0] if seed_list else seed,
              "size": size, "device": device}
-    cfg.update({k: v for k, v in flags.items() if v is not None})
-    cfg.update(parse_sets(set_ or []))
+    # the preset is applied by TrainConfig.from_dict, beneath everything given here
+    cfg = layered({"preset": preset}, read_yaml(config, "config") if config else None, flags,
+                  parse_sets(set_ or []))
     conf = TrainConfig.from_dict(cfg)
     tag = f"seeds{seed_list[0]}-{seed_list[-1]}" if seed_list else f"s{conf.seed}"
     out = out or Path("runs") / f"train-{conf.dataset}-{conf.model}-{tag}-" \
@@ -322,21 +320,15 @@ def experiment_command(body: Callable[..., None]) -> Callable[..., None]:
 def experiment_spec(opts: ExperimentOptions, final_seeds: int | None = None) -> Any:
     """The spec `search`, `run` and `plan` build from their options: the spec file or preset,
     the options given over it, then `--gpus-per-trial` over its resources."""
-    from bench.spaces import build_spec, load_spec
+    from bench.spaces import load_spec
 
-    spec = load_spec(opts.spec_file, opts.preset, datasets=opts.datasets,
+    return load_spec(opts.spec_file, opts.preset, gpus_per_trial=opts.gpus_per_trial,
+                     datasets=opts.datasets,
                      families=opts.families, name=opts.name, num_samples=opts.num_samples,
                      max_epochs=opts.max_epochs, final_seeds=final_seeds,
                      searcher=opts.searcher, verify_md5=False if opts.no_verify else None,
                      deterministic=True if opts.deterministic else None,
                      reference_seeds=3 if opts.reference else None)
-    if opts.gpus_per_trial is not None:
-        from bench.resources import with_gpus_per_trial
-
-        raw = {**spec.to_dict(), "resources": with_gpus_per_trial(spec.resources,
-                                                                  opts.gpus_per_trial)}
-        spec = build_spec(raw, str(opts.spec_file or f"preset {opts.preset or 'quick'}"))
-    return spec
 
 
 def plan_line(spec: Any) -> str:

@@ -756,9 +756,21 @@ def _check_budget_fields(spec: Spec, where: str) -> None:
     Selection.check(spec.selection, where)
 
 
+def layered(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """The one precedence rule of medbench's settings: each layer over the ones before it
+    (defaults < preset < file < options < --set), a value of None meaning "not given" (an
+    option left out), so it never hides an earlier layer's value. `medbench train` and the
+    experiment commands both build their settings with it."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out.update({k: v for k, v in (layer or {}).items() if v is not None})
+    return out
+
+
 def load_spec(spec_file: Path | None = None, preset: str | None = None,
-              **cli: Any) -> Spec:
-    """A spec from a file or a named preset, with CLI values (non-None) taking precedence."""
+              gpus_per_trial: float | None = None, **cli: Any) -> Spec:
+    """A spec from a file or a named preset, the CLI values (non-None) over it, then
+    `--gpus-per-trial` over its resources; validated once (build_spec)."""
     raw: dict[str, Any] = {}
     if spec_file is not None:
         raw = read_yaml(Path(spec_file), "spec file")
@@ -769,9 +781,15 @@ def load_spec(spec_file: Path | None = None, preset: str | None = None,
             raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         raw = read_yaml(spaces_dir() / "experiments" / f"{preset}.yaml", "preset")
         where = f"preset {preset}"
-    raw.update({k: v for k, v in cli.items() if v is not None})
+    raw = layered(raw, cli)
     if spec_file is None and cli.get("families") is None:
         raw["families"] = _families_that_fit(raw.get("families"), raw.get("datasets"))
+    if gpus_per_trial is not None:
+        from bench.resources import expand, with_gpus_per_trial
+
+        asked = expand(raw.get("resources", AUTO_RESOURCES))
+        if isinstance(asked, dict):  # anything else: build_spec names what is wrong with it
+            raw["resources"] = with_gpus_per_trial(asked, gpus_per_trial)
     return build_spec(raw, where)
 
 

@@ -396,3 +396,16 @@ def test_a_sub_config_left_partly_unset_takes_one_default_everywhere(tmp_path):
     assert spec.to_dict()["selection"] == {"top_k": 2}  # spec.yaml keeps what was written
     assert build_spec(tiny()).selection_config is None
     assert "selection.seeds must be a number in [0, 20]" in error_of(tiny(selection={"seeds": 30}))
+
+
+def test_one_precedence_rule_and_none_never_hides_a_layer():
+    """layered: each later layer wins, an option left out (None) leaves the earlier value.
+    The experiment commands and `medbench train` both build their settings with it."""
+    from bench.spaces import layered
+
+    assert layered({"lr": 1, "epochs": 5}, {"lr": 2, "epochs": None}, None, {"lr": 3}) == \
+        {"lr": 3, "epochs": 5}
+    spec = load_spec(preset="quick", datasets="breastmnist", gpus_per_trial=0.5,
+                     num_samples=None, final_seeds=2)
+    assert spec.resources["gpu"] == 0.5 and spec.final_seeds == 2
+    assert spec.num_samples == load_spec(preset="quick", datasets="breastmnist").num_samples
