@@ -16,20 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import bench
 from bench.budget import accounting
 from bench.errors import UserError
-from bench.results import (
-    FINAL_COLUMNS,
-    SELECTION_COLUMNS,
-    TRIAL_COLUMNS,
-    write_json,
-    write_table,
-    write_yaml,
-)
 from bench.run_spaces import write_spaces
+from bench.rundir import SPEC, RunDir
 from bench.runlock import lock_run
 from bench.spaces import Spec
 
@@ -137,12 +128,12 @@ def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
     """Create a fresh run directory, or accept an existing one of the same spec (resume), or
     of the same spec but for the fields in ADDABLE (spec.yaml then takes the new values).
     Returns True when resuming. Never modifies a directory that holds something else."""
-    spec_file = run_dir / "spec.yaml"
+    rd = RunDir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not spec_file.exists():
+        if rd.text(SPEC) is None:
             raise UserError(f"{run_dir} exists and is not a medbench run directory; choose "
                             "another --name/--out")
-        old = yaml.safe_load(spec_file.read_text()) or {}
+        old = rd.spec()
         if not old.get("faults"):  # a test hook older spec.yaml files carried, always empty
             old.pop("faults", None)
         with contextlib.suppress(TypeError):  # fields added to Spec since take their defaults
@@ -153,9 +144,9 @@ def prepare_run_dir(run_dir: Path, spec: Spec) -> bool:
             raise UserError(f"{run_dir} holds a run of a different spec; resume it with the "
                             "same options, or choose another --name")
         if old != new:  # only more reference seeds: the run takes them on, nothing else changes
-            write_yaml(spec_file, new)
+            rd.write_spec(new)
         return True
-    write_yaml(spec_file, spec.to_dict())
+    rd.write_spec(spec.to_dict())
     write_spaces(run_dir, spec)  # the spaces searched, as they were (bench.run_spaces)
     return False
 
@@ -214,15 +205,12 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
 
             raise RunFailure(problem) from e
         trials, finals = tables["trials"], tables["final"]
-        with naming(run_dir / "trials.parquet"):
-            write_table(run_dir / "trials.parquet", trials, TRIAL_COLUMNS)
+        rd = RunDir(run_dir)
+        rd.write_trials(trials)
         if tables["selection"]:
-            with naming(run_dir / "selection.parquet"):
-                write_table(run_dir / "selection.parquet", tables["selection"],
-                            SELECTION_COLUMNS)
+            rd.write_selection(tables["selection"])
         if final:
-            with naming(run_dir / "final.parquet"):
-                write_table(run_dir / "final.parquet", finals, FINAL_COLUMNS)
+            rd.write_final(finals)
         from bench.search import resolve_resources, trial_slots
 
         slots = trial_slots(resolve_resources(spec), cluster_resources())
@@ -249,9 +237,8 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
         for where, text in meta["failures"].items():
             echo(f"FAILED {where}: {text}")
         meta["problems"] = outcome_problems(spec, trials, finals, final)
-        keep_wall_time(meta, read_previous_meta(run_dir) if resumed else {})
-        with naming(run_dir / "meta.json"):
-            write_json(run_dir / "meta.json", meta)
+        keep_wall_time(meta, rd.previous_meta() if resumed else {})
+        rd.write_meta(meta)
         if then is not None:  # publishing (leaderboard, report) while the run is still locked
             then(meta)
         return meta
@@ -260,26 +247,6 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
 
 
 FULL_BELOW_BYTES = 8 << 20  # a file system with less free than this counts as full
-
-
-@contextlib.contextmanager
-def naming(path: str | Path):
-    """An OSError out of writing `path` names it: a write() that hits a full disk raises
-    ENOSPC without a file name, and pyarrow's (parquet) without an errno either; the error
-    line (bench.cli.os_error_text) then names the file and its file system."""
-    import errno
-
-    try:
-        yield
-    except OSError as e:
-        if e.filename and e.errno is not None:
-            raise
-        code = e.errno
-        if code is None and "No space left on device" in str(e):
-            code = errno.ENOSPC
-        if code is None:
-            raise
-        raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def mount_point(path: str | Path) -> Path:
@@ -347,16 +314,6 @@ def disk_full_problem(exc: BaseException, folders: list[str | Path]) -> str | No
             "some space there and re-run the same command to resume (finished trials are kept)")
 
 
-def read_previous_meta(run_dir: Path) -> dict[str, Any]:
-    """The meta.json an earlier finished attempt of this run left, or {}."""
-    import json
-
-    try:
-        return json.loads((Path(run_dir) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def keep_wall_time(meta: dict[str, Any], previous: dict[str, Any]) -> None:
     """A finished run re-run with the same command replays every trial in seconds: its
     meta.json keeps the wall time and finish time of the attempt that did the work, and lists
@@ -408,9 +365,7 @@ def outcome_problems(spec: Spec, trials: list[dict], finals: list[dict],
 
 def final_table(run_dir: Path) -> str:
     """The plain per-(dataset, family) final results: mean +- std over seeds."""
-    import pandas as pd
-
-    df = pd.read_parquet(run_dir / "final.parquet")
+    df = RunDir(run_dir).final()
     ok = df[df.status == "ok"]
     if ok.empty:
         return "no successful final runs"

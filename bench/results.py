@@ -19,6 +19,7 @@ pandas/parquet. A single `medbench train` writes just the training-run directory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -103,6 +104,26 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """An OSError out of writing `path` names it: a write() that hits a full disk raises
+    ENOSPC without a file name, and pyarrow's (parquet) without an errno either; the error
+    line (bench.cli.os_error_text) then names the file and its file system."""
+    import errno
+
+    try:
+        yield
+    except OSError as e:
+        if e.filename and e.errno is not None:
+            raise
+        code = e.errno
+        if code is None and "No space left on device" in str(e):
+            code = errno.ENOSPC
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -20,11 +20,8 @@ from bench.spaces import Param, load_family_space
 def write_spaces(run_dir: Path, spec: Any) -> Path:
     """Write `spec`'s resolved per-family spaces (`Spec.spaces()`) to run_dir/spaces.yaml,
     atomically; returns the path."""
-    from bench.results import write_yaml
-
-    return write_yaml(Path(run_dir) / SPACES_FILE,
-                      {family: {name: p.as_dict() for name, p in space.items()}
-                       for family, space in spec.spaces().items()})
+    return RunDir(run_dir).write_spaces({family: {name: p.as_dict() for name, p in space.items()}
+                                         for family, space in spec.spaces().items()})
 
 
 def read_spaces(run_dir: Path) -> dict[str, dict[str, dict]] | None:

@@ -1,12 +1,15 @@
-"""RunDir: the one reader of a run directory's files (issue 26, item 3).
+"""RunDir: the one reader and writer of a run directory's top-level files.
 
-Why: a run directory is written in one place (bench.experiment, bench.results, bench.trial,
-bench.search, bench.train_seeds) but used to be read in many (leaderboard, studies, predict,
-serve, the web page, the report), each with its own file name, its own "is this a run?" test and
-its own error message. Here each file is read in one method, with one message, so a change of
-layout or of a message happens once. tests/test_rundir.py scans bench/ to keep it that way.
+Why: a run directory used to be written from several modules (bench.experiment,
+bench.train_seeds, bench.run_spaces) and read in many (leaderboard, studies, predict, serve,
+the web page, the report), each with its own file name, its own "is this a run?" test and its
+own error message. Here each file is read in one method and written in one, atomically, with
+one message, so a change of layout or of a message happens once. tests/test_rundir.py scans
+bench/ to keep it that way. Per-seed folders (model.pt, scores.npz, completion records) are
+written by the trial that trains them (bench.trial, bench.search); their paths stay relative
+to the run (final.parquet `run_dir`).
 
-Layout (bench.results documents the writer's side):
+Layout:
 
     final.parquet      the final seeded runs (absent: a search-only or unfinished run)
     trials.parquet     the search trials (absent: no search phase)
@@ -132,11 +135,61 @@ class RunDir:
             return None
         return saved if isinstance(saved, dict) else None
 
+    def previous_meta(self) -> dict[str, Any]:
+        """meta.json of an earlier finished attempt, or {} when absent or unreadable (a resume
+        keeps its first wall time; a damaged file must not block the resume)."""
+        try:
+            return self.meta()
+        except (OSError, ValueError):
+            return {}
+
     def text(self, name: str) -> str | None:
         """A small file's raw text (the report embeds spec.yaml and spaces.yaml as written), or
         None when absent."""
         path = self.path / name
         return path.read_text() if path.is_file() else None
+
+    # --- the writer's side: each file atomically (bench.results), a full disk naming the file
+
+    def _write(self, name: str, write: Any) -> Path:
+        from bench.results import naming
+
+        path = self.path / name
+        with naming(path):
+            write(path)
+        return path
+
+    def write_trials(self, rows: list[dict[str, Any]]) -> Path:
+        from bench.results import TRIAL_COLUMNS, write_table
+
+        return self._write(TRIALS, lambda p: write_table(p, rows, TRIAL_COLUMNS))
+
+    def write_selection(self, rows: list[dict[str, Any]]) -> Path:
+        from bench.results import SELECTION_COLUMNS, write_table
+
+        return self._write(SELECTION, lambda p: write_table(p, rows, SELECTION_COLUMNS))
+
+    def write_final(self, rows: list[dict[str, Any]]) -> Path:
+        from bench.results import FINAL_COLUMNS, write_table
+
+        return self._write(FINAL, lambda p: write_table(p, rows, FINAL_COLUMNS))
+
+    def write_meta(self, meta: dict[str, Any]) -> Path:
+        from bench.results import write_json
+
+        return self._write(META, lambda p: write_json(p, meta))
+
+    def write_spec(self, spec: dict[str, Any]) -> Path:
+        """spec.yaml: the resolved spec as `Spec.to_dict` gives it (a resume compares it)."""
+        from bench.results import write_yaml
+
+        return self._write(SPEC, lambda p: write_yaml(p, spec))
+
+    def write_spaces(self, spaces: dict[str, dict[str, dict]]) -> Path:
+        """spaces.yaml: family -> parameter -> its YAML form (bench.run_spaces)."""
+        from bench.results import write_yaml
+
+        return self._write(SPACES_FILE, lambda p: write_yaml(p, spaces))
 
     # --- per final seed -------------------------------------------------------------------------
 

@@ -95,7 +95,8 @@ def train_seeds(conf: Any, data: Any, out: Path, seeds: list[int],
     a `medbench run` writes them), then the leaderboard of `out` printed."""
     from bench.data import file_status
     from bench.leaderboard import build_leaderboard, format_board
-    from bench.results import FINAL_COLUMNS, final_row, final_run_dir, write_json, write_table
+    from bench.results import final_row, final_run_dir
+    from bench.rundir import RunDir
 
     rows = []
     for s in seeds:
@@ -106,8 +107,9 @@ def train_seeds(conf: Any, data: Any, out: Path, seeds: list[int],
         # one device for the whole run: its device-seconds are its wall seconds
         rows.append(final_row(seed_conf.to_dict(), {**result.summary(), "history": result.history,
                                                     "device_s": result.wall_s}))
-    write_table(out / "final.parquet", rows, FINAL_COLUMNS)
-    write_json(out / "meta.json", {"official_data": {
+    run = RunDir(out)
+    run.write_final(rows)
+    run.write_meta({"official_data": {
         conf.dataset: file_status(conf.dataset, conf.size, data_dir) == "md5 ok"}})
     echo(format_board(build_leaderboard(out)))
     echo(f"run directory: {out}  (medbench leaderboard / report read it)")

@@ -99,8 +99,8 @@ def test_the_error_names_the_full_file_system_not_the_current_directory(small_fs
                                                                         tmp_path: Path,
                                                                         monkeypatch) -> None:
     from bench.cli import os_error_text
-    from bench.experiment import disk_full_problem, naming
-    from bench.results import TRIAL_COLUMNS, write_json, write_table
+    from bench.experiment import disk_full_problem
+    from bench.results import TRIAL_COLUMNS, naming, write_json, write_table
 
     fill(small_fs)
     target = small_fs / "run" / "trials.parquet"
