@@ -11,6 +11,7 @@ with search_spaces/<family>.yaml (its own width/depth/dropout), then the experim
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 import re
@@ -331,9 +332,14 @@ def _in_range(value: Any, what: str, lo: float, hi: float, where: str) -> float:
     return float(value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Spec:
-    """An experiment: which datasets x families, how to search, how to evaluate finally."""
+    """An experiment: which datasets x families, how to search, how to evaluate finally.
+
+    Frozen: build_spec validates it once and nothing changes it afterwards (a changed copy is
+    `dataclasses.replace`, validated again). Its mappings (`fidelity`, `selection`, `resources`)
+    keep the form a spec file writes, so spec.yaml compares on resume; their typed readings are
+    `fidelity_config`, `selection_config` and `bench.resources.Resources.of`."""
 
     name: str
     datasets: list[str]
@@ -631,7 +637,8 @@ def build_spec(raw: dict[str, Any], where: str = "spec") -> Spec:
             if fam not in list_models():
                 raise UserError(f"{where}: {key} names unknown family {fam!r}; choose from: "
                                 f"{', '.join(list_models())}")
-        setattr(spec, key, {f: v for f, v in per_family.items() if f in spec.families})
+        spec = dataclasses.replace(
+            spec, **{key: {f: v for f, v in per_family.items() if f in spec.families}})
     for fam, n in spec.fixed_trials.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise UserError(f"{where}: fixed_trials must map families to a trial count >= 1 "
