@@ -16,14 +16,56 @@ are written to meta.json and printed.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:
-    from bench.spaces import Fidelity
+from bench.errors import UserError
 
 # Fraction of a dataset's budget that the search phase may spend; the rest pays for the
 # selection re-runs and the final seeds, whose cost is known once the search has timed a trial.
 SEARCH_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """A spec's `fidelity:` mapping, typed, its defaults declared here and nowhere else: search
+    trials train for a number of images seen (`trial_images`), not epochs, within
+    [min_epochs, max_epochs] epochs; ASHA's first rung is `grace_fraction` of a trial; a final
+    seed trains `final_factor` times a trial's epochs (bench/budget.py). Spec.fidelity keeps
+    the mapping as written (spec.yaml compares it on resume); Spec.fidelity_config reads it."""
+
+    trial_images: float
+    min_epochs: int = 1
+    max_epochs: int = 1000
+    grace_fraction: float = 1 / 3
+    final_factor: float = 1.0
+
+    @classmethod
+    def check(cls, raw: dict[str, Any], where: str) -> None:
+        """The mapping's keys and ranges, each with its fix (build_spec, once)."""
+        if not raw:
+            return
+        keys = set(cls.__dataclass_fields__)
+        if set(raw) - keys or "trial_images" not in raw:
+            raise UserError(f"{where}: fidelity takes trial_images (required), min_epochs, "
+                            f"max_epochs, grace_fraction, final_factor (got {sorted(raw)})")
+        f = cls(**raw)
+        in_range(f.final_factor, "fidelity.final_factor", 1, 20, where)
+        in_range(f.trial_images, "fidelity.trial_images", 1, 1e10, where)
+        in_range(f.min_epochs, "fidelity.min_epochs", 1, 10_000, where)
+        in_range(f.max_epochs, "fidelity.max_epochs", float(f.min_epochs), 10_000, where)
+        in_range(f.grace_fraction, "fidelity.grace_fraction", 0.01, 1, where)
+
+    def grace_epochs(self, trial_epochs: int) -> int:
+        """ASHA's grace period in epochs for a trial of `trial_epochs`."""
+        return max(1, round(float(self.grace_fraction) * trial_epochs))
+
+
+def in_range(value: Any, what: str, lo: float, hi: float, where: str) -> float:
+    """`value` as a float when it is a number in [lo, hi], else one UserError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise UserError(f"{where}: {what} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
 
 
 def epochs_for(trial_images: int, n_train: int, min_epochs: int = 1,

@@ -447,9 +447,9 @@ def make_plan(spec: Spec, workers: int | None = None, refresh: bool = False) -> 
 
 def expand_gpu(spec: Spec) -> float:
     """The GPU share a trial asks for where GPUs exist (`resources: auto`: 1)."""
-    from bench.resources import expand
+    from bench.resources import Resources
 
-    gpu = float(expand(spec.resources).get("gpu", 0))
+    gpu = Resources.of(spec.resources).gpu
     return gpu if gpu > 0 else 1.0
 
 

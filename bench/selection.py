@@ -14,9 +14,36 @@ check that changing test numbers never changes a choice.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
+from bench.budget import in_range
+from bench.errors import UserError
+
 VAL_KEYS = ("val_auc", "val_acc")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A spec's `selection:` mapping, typed: the `top_k` best search trials per (dataset,
+    family) re-run on `seeds` more seeds before the final phase (bench/selection.py). Its
+    defaults are declared here and nowhere else."""
+
+    top_k: int = 3
+    seeds: int = 2
+
+    @classmethod
+    def check(cls, raw: dict[str, Any], where: str) -> None:
+        if not raw:
+            return
+        if set(raw) - set(cls.__dataclass_fields__):
+            raise UserError(f"{where}: selection takes top_k and seeds (got {sorted(raw)})")
+        for key, value in raw.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{where}: selection.{key} must be an integer, got {value!r}")
+        s = cls(**raw)
+        in_range(s.top_k, "selection.top_k", 1, 50, where)
+        in_range(s.seeds, "selection.seeds", 0, 20, where)
 
 
 def score(val_auc: float, val_acc: float) -> float:

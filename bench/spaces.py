@@ -21,9 +21,11 @@ from typing import Any
 
 import yaml
 
+from bench.budget import Fidelity, in_range
 from bench.errors import UserError
 from bench.resources import AUTO, AUTO_RESOURCES
 from bench.resources import MAX as RESOURCE_MAX
+from bench.selection import Selection
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "log_uniform_values", "int_uniform", "int_log_uniform")
 SEARCHERS = ("random", "optuna")
@@ -266,70 +268,6 @@ def load_family_space(family: str, overrides: dict[str, Any] | None = None) -> d
                             f"{', '.join(sorted(entry.hparams())) or 'none'})")
         out[name] = Param.parse(name, p, f"search space {family}")
     return out
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """A spec's `fidelity:` mapping, typed, its defaults declared here and nowhere else: search
-    trials train for a number of images seen (`trial_images`), not epochs, within
-    [min_epochs, max_epochs] epochs; ASHA's first rung is `grace_fraction` of a trial; a final
-    seed trains `final_factor` times a trial's epochs (bench/budget.py). Spec.fidelity keeps
-    the mapping as written (spec.yaml compares it on resume); Spec.fidelity_config reads it."""
-
-    trial_images: float
-    min_epochs: int = 1
-    max_epochs: int = 1000
-    grace_fraction: float = 1 / 3
-    final_factor: float = 1.0
-
-    @classmethod
-    def check(cls, raw: dict[str, Any], where: str) -> None:
-        """The mapping's keys and ranges, each with its fix (build_spec, once)."""
-        if not raw:
-            return
-        keys = set(cls.__dataclass_fields__)
-        if set(raw) - keys or "trial_images" not in raw:
-            raise UserError(f"{where}: fidelity takes trial_images (required), min_epochs, "
-                            f"max_epochs, grace_fraction, final_factor (got {sorted(raw)})")
-        f = cls(**raw)
-        _in_range(f.final_factor, "fidelity.final_factor", 1, 20, where)
-        _in_range(f.trial_images, "fidelity.trial_images", 1, 1e10, where)
-        _in_range(f.min_epochs, "fidelity.min_epochs", 1, 10_000, where)
-        _in_range(f.max_epochs, "fidelity.max_epochs", float(f.min_epochs), 10_000, where)
-        _in_range(f.grace_fraction, "fidelity.grace_fraction", 0.01, 1, where)
-
-    def grace_epochs(self, trial_epochs: int) -> int:
-        """ASHA's grace period in epochs for a trial of `trial_epochs`."""
-        return max(1, round(float(self.grace_fraction) * trial_epochs))
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A spec's `selection:` mapping, typed: the `top_k` best search trials per (dataset,
-    family) re-run on `seeds` more seeds before the final phase (bench/selection.py). Its
-    defaults are declared here and nowhere else."""
-
-    top_k: int = 3
-    seeds: int = 2
-
-    @classmethod
-    def check(cls, raw: dict[str, Any], where: str) -> None:
-        if not raw:
-            return
-        if set(raw) - set(cls.__dataclass_fields__):
-            raise UserError(f"{where}: selection takes top_k and seeds (got {sorted(raw)})")
-        for key, value in raw.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise UserError(f"{where}: selection.{key} must be an integer, got {value!r}")
-        s = cls(**raw)
-        _in_range(s.top_k, "selection.top_k", 1, 50, where)
-        _in_range(s.seeds, "selection.seeds", 0, 20, where)
-
-
-def _in_range(value: Any, what: str, lo: float, hi: float, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise UserError(f"{where}: {what} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -755,7 +693,7 @@ def _check_budget_fields(spec: Spec, where: str) -> None:
         if not isinstance(getattr(spec, key), dict):
             raise UserError(f"{where}: {key} must be a mapping")
     Fidelity.check(spec.fidelity, where)
-    _in_range(spec.budget_s, "budget_s (seconds per dataset; 0: no limit)", 0, 1e7, where)
+    in_range(spec.budget_s, "budget_s (seconds per dataset; 0: no limit)", 0, 1e7, where)
     if isinstance(spec.portfolio, bool) or not isinstance(spec.portfolio, int) \
             or not 0 <= spec.portfolio <= 20:
         raise UserError(f"{where}: portfolio is how many start configurations per family "

@@ -17,9 +17,8 @@ import pandas as pd
 import pytest
 
 from bench import selection
-from bench.budget import full_run_costs, plan_rest
+from bench.budget import Fidelity, full_run_costs, plan_rest
 from bench.selection import choose_configs, score, top_candidates
-from bench.spaces import Fidelity
 
 
 def _trial(tid: str, auc: float, acc: float, epochs_run: int = 10, **extra) -> dict:

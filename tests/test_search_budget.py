@@ -14,6 +14,7 @@ import yaml
 
 from bench.budget import (
     SEARCH_FRACTION,
+    Fidelity,
     accounting,
     epochs_for,
     final_epochs,
@@ -24,7 +25,7 @@ from bench.budget import (
 from bench.data import all_flags
 from bench.portfolio import load_entries, start_points
 from bench.selection import choose_configs, pick_entries, score, top_candidates
-from bench.spaces import Fidelity, build_spec, load_family_space
+from bench.spaces import build_spec, load_family_space
 
 # --- budgets ---------------------------------------------------------------------------------
 
