@@ -22,6 +22,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,10 +34,12 @@ SPEC = {"name": "diskfull", "datasets": ["breastmnist"], "families": ["mlp"], "n
         "max_epochs": 2, "grace_period": 2, "scheduler": "fifo", "searcher": "random",
         "final_seeds": 1, "selection": {"top_k": 2, "seeds": 1},
         "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0}
-# --quick (the test): `medbench search`, one Tuner per launch
-# One trial at a time, so the disk fills while trials are still left to run (with 2 concurrent
-# trials on 2 cores all three could finish before the filler did).
-QUICK = {**SPEC, "num_samples": 3, "final_seeds": 0, "selection": {}, "max_concurrent_trials": 1}
+# --quick (the test): `medbench search`, one Tuner per launch, one trial at a time, each trial
+# long enough (40 epochs, about a second) that the disk fills while trials are still left to
+# run. With 2 epochs a trial trained in 0.05 s: all three wrote their completion records within
+# 0.1 s of each other and the run ended before the filler started (CI saw first_rc 0).
+QUICK = {**SPEC, "num_samples": 3, "max_epochs": 40, "grace_period": 40, "final_seeds": 0,
+         "selection": {}, "max_concurrent_trials": 1}
 
 
 def mount_tmpfs(folder: Path, mib: int) -> str | None:
@@ -49,10 +52,11 @@ def mount_tmpfs(folder: Path, mib: int) -> str | None:
     return done.stderr.strip() or "mount failed" if done.returncode else None
 
 
-def fill(folder: Path) -> int:
-    """Write a filler file until the file system is full; returns its size in bytes."""
+def fill(folder: Path, mode: str = "wb") -> int:
+    """Write (mode "ab": append to) a filler file until the file system is full; returns the
+    bytes written."""
     written = 0
-    with open(folder / "filler", "wb", buffering=0) as f:
+    with open(folder / "filler", mode, buffering=0) as f:
         for chunk in (1 << 20, 1 << 12, 1):
             block = b"\0" * chunk
             try:
@@ -61,6 +65,21 @@ def fill(folder: Path) -> int:
             except OSError:
                 continue
     return written
+
+
+def keep_full(folder: Path, proc: subprocess.Popen) -> threading.Thread:
+    """Top the filler up every 20 ms while `proc` runs. Without it a full disk did not stay
+    full: a file the run replaces (Tune rewrites its state files, a table is written beside
+    and renamed over its old copy) frees pages, and the run's last small writes then found
+    room; CI saw the first run finish with exit 0 after the disk had been filled."""
+    def top_up() -> None:
+        while proc.poll() is None:
+            fill(folder, "ab")
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=top_up, daemon=True)
+    thread.start()
+    return thread
 
 
 def read_trace(path: Path) -> list[tuple[str, str]]:
@@ -107,11 +126,13 @@ def one_try(work: Path, data: Path, spec_file: Path, delay_s: float, fs_mib: int
         time.sleep(delay_s)
         info["filled_at_s"] = round(time.time() - t0, 1)
         info["filler_mib"] = round(fill(fs) / 2**20, 1)
+        topping = keep_full(fs, proc)
         try:
             out, err = proc.communicate(timeout=limit_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             out, err = proc.communicate()
+        topping.join()
         errors = [ln for ln in (out + err).splitlines() if ln.startswith("error:")]
         info.update(first_rc=proc.returncode, first_s=round(time.time() - t0, 1),
                     error_lines=errors, names_fs=bool(errors) and str(fs) in errors[-1],
