@@ -31,7 +31,7 @@ class Fidelity:
     """A spec's `fidelity:` mapping, typed, its defaults declared here and nowhere else: search
     trials train for a number of images seen (`trial_images`), not epochs, within
     [min_epochs, max_epochs] epochs; ASHA's first rung is `grace_fraction` of a trial; a final
-    seed trains `final_factor` times a trial's epochs (bench/budget.py). Spec.fidelity keeps
+    seed trains `final_factor` times a trial's epochs (`final_epochs`). Spec.fidelity keeps
     the mapping as written (spec.yaml compares it on resume); Spec.fidelity_config reads it."""
 
     trial_images: float

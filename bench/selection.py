@@ -26,7 +26,7 @@ VAL_KEYS = ("val_auc", "val_acc")
 @dataclass(frozen=True)
 class Selection:
     """A spec's `selection:` mapping, typed: the `top_k` best search trials per (dataset,
-    family) re-run on `seeds` more seeds before the final phase (bench/selection.py). Its
+    family) re-run on `seeds` more seeds before the final phase (`choose_configs`). Its
     defaults are declared here and nowhere else."""
 
     top_k: int = 3
