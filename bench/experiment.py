@@ -56,23 +56,32 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def reproduction(spec: Spec, data_dir: str | Path | None) -> dict[str, Any]:
-    """What a reader needs to re-run this run exactly: the command line, the data files with
-    their md5, the package versions, the seeds, and whether the run was deterministic (a fixed
-    trial count; otherwise the wall-time budget makes trial counts follow machine load)."""
+def provenance(datasets: list[str], size: int, data_dir: str | Path | None) -> dict[str, Any]:
+    """What every run directory records about how it was made, `medbench run` and `medbench
+    train --seeds` alike: the command line (when run as `medbench`), the commit and a hash of
+    the code, the package versions, the hardware, and each data file with its md5."""
     import shlex
     import sys
 
     from bench.data import file_md5, npz_path
 
     files = {}
-    for flag in spec.datasets:
-        path = npz_path(flag, spec.size, data_dir)
+    for flag in datasets:
+        path = npz_path(flag, size, data_dir)
         files[flag] = {"file": path.name, "md5": file_md5(path) if path.is_file() else None}
     by_cli = bool(sys.argv) and Path(sys.argv[0]).name == "medbench"
     return {"command": shlex.join(["medbench", *sys.argv[1:]]) if by_cli else None,
-            "deterministic": bool(spec.deterministic), "data_files": files,
-            "versions": package_versions(),
+            "version": bench.__version__, "git_commit": git_commit(),
+            "code_sha256": code_sha256(), "hardware": hardware(), "data_files": files,
+            "versions": package_versions()}
+
+
+def reproduction(spec: Spec, data_dir: str | Path | None) -> dict[str, Any]:
+    """What a reader needs to re-run this run exactly: the command line, the data files with
+    their md5, the package versions, the seeds, and whether the run was deterministic (a fixed
+    trial count; otherwise the wall-time budget makes trial counts follow machine load)."""
+    return {**provenance(spec.datasets, spec.size, data_dir),
+            "deterministic": bool(spec.deterministic),
             "seeds": {"search": 0, "selection": list(range(
                 1, 1 + (spec.selection_config.seeds if spec.selection_config else 0))),
                       "final": [spec.final_seed_base + k for k in range(spec.final_seeds)],
@@ -221,9 +230,7 @@ def execute(spec: Spec, run_dir: Path, *, storage: str | None = None, address: s
             echo(f"budget {flag}: {b['spent_device_s']:.0f}{planned} device-s "
                  f"(search {b['search_device_s']:.0f}, selection "
                  f"{b['selection_device_s']:.0f}, final {b['final_device_s']:.0f})")
-        meta = {"name": spec.name, "version": bench.__version__, "git_commit": git_commit(),
-                "code_sha256": code_sha256(),
-                "hardware": hardware(), "cluster": cluster_resources(),
+        meta = {"name": spec.name, "cluster": cluster_resources(),
                 "storage": _relative_to(storage, run_dir),
                 "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "wall_s": time.time() - t0, "n_trials": len(trials),

@@ -50,10 +50,13 @@ def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[s
         name = meta.get("name") or Path(p).name
         cmd = meta.get("command") or f"(not recorded; the spec is {Path(p).name}/spec.yaml)"
         det = meta.get("deterministic")
-        mode = ("deterministic: fixed trial counts, one trial at a time per family; a rerun of "
-                "the same command at the same commit gives the same picks and numbers" if det
-                else "wall-time budget: trial counts follow the machine's speed and load, so "
-                "a rerun can search a different number of trials and pick differently")
+        mode = ("one configuration trained on fixed seeds, no search (`medbench train "
+                "--seeds`); a rerun of the same command at the same commit gives the same "
+                "numbers" if meta.get("mode") == "train"
+                else "deterministic: fixed trial counts, one trial at a time per family; a "
+                "rerun of the same command at the same commit gives the same picks and numbers"
+                if det else "wall-time budget: trial counts follow the machine's speed and "
+                "load, so a rerun can search a different number of trials and pick differently")
         hw = meta.get("hardware") or {}
         cpu = f"{hw.get('cpu_model', '?')}, {hw.get('cpu_count', '?')} cores"
         gpus = hw.get("gpu_models") or []
@@ -74,7 +77,9 @@ def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[s
         if versions:
             out.append("- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         seeds = meta.get("seeds") or {}
-        if seeds:
+        if seeds and "search" not in seeds:  # a `medbench train --seeds` run
+            out.append(f"- seeds: {_seed_list(seeds.get('final'))}")
+        elif seeds:
             out.append(f"- seeds: search trials {seeds.get('search', 0)}; selection re-runs "
                        f"{_seed_list(seeds.get('selection'))}; final "
                        f"{_seed_list(seeds.get('final'))}"

@@ -91,14 +91,18 @@ def train_one(conf: Any, data: Any, out: Path, echo: Echo) -> Any:
 def train_seeds(conf: Any, data: Any, out: Path, seeds: list[int],
                 data_dir: str | Path | None, echo: Echo) -> None:
     """`conf` trained once per seed into `final/<dataset>/<model>/seed<s>` below `out`, their
-    rows in final.parquet and whether the data file is the official release in meta.json (as
-    a `medbench run` writes them), then the leaderboard of `out` printed."""
+    rows in final.parquet and in meta.json what a report's Reproduce section needs (command,
+    commit, versions, hardware, data md5, seeds, wall time, and whether the data file is the
+    official release), as a `medbench run` writes them; then the leaderboard of `out`."""
+    import time
+
     from bench.data import file_status
+    from bench.experiment import provenance
     from bench.leaderboard import build_leaderboard, format_board
     from bench.results import final_row, final_run_dir
     from bench.rundir import RunDir
 
-    rows = []
+    t0, rows = time.time(), []
     for s in seeds:
         echo(f"--- seed {s} ---")
         seed_conf = replace(conf, seed=s)
@@ -109,7 +113,11 @@ def train_seeds(conf: Any, data: Any, out: Path, seeds: list[int],
                                                     "device_s": result.wall_s}))
     run = RunDir(out)
     run.write_final(rows)
-    run.write_meta({"official_data": {
-        conf.dataset: file_status(conf.dataset, conf.size, data_dir) == "md5 ok"}})
+    run.write_meta({"name": Path(out).name, "mode": "train",
+                    **provenance([conf.dataset], conf.size, data_dir),
+                    "official_data": {conf.dataset: file_status(conf.dataset, conf.size,
+                                                                data_dir) == "md5 ok"},
+                    "seeds": {"final": list(seeds)}, "wall_s": time.time() - t0,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     echo(format_board(build_leaderboard(out)))
     echo(f"run directory: {out}  (medbench leaderboard / report read it)")

@@ -118,7 +118,16 @@ def test_train_seeds_writes_a_leaderboard_run(synth_dir: Path, tmp_path: Path) -
     row = pd.read_csv(__import__("io").StringIO(board.output)).iloc[0]
     assert row["n_seeds"] == 3 and row["acc_lo"] <= row["test_acc_mean"] <= row["acc_hi"]
     # synthetic files are not the release: recorded, and held against no published number
-    assert json.loads((out / "meta.json").read_text()) == {"official_data": {"organamnist": False}}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["official_data"] == {"organamnist": False}
+    # what a report's Reproduce section needs, as a `medbench run` records it
+    assert meta["mode"] == "train" and meta["seeds"] == {"final": [7, 8, 9]}
+    assert meta["data_files"]["organamnist"]["md5"] and meta["versions"]["torch"]
+    assert meta["wall_s"] > 0 and meta["hardware"]["cpu_count"] >= 1
+    from bench.provenance import reproduce_md
+
+    text = "\n".join(reproduce_md([out]))
+    assert "no search" in text and "wall-time budget" not in text and "search trials" not in text
     raw = pd.read_csv(__import__("io").StringIO(board.output), keep_default_na=False).iloc[0]
     assert str(raw["official_data"]) == "False" and raw["verdict_acc_vs_resnet18"] == "n/a"
     assert "not the official MedMNIST file" in result.output and "best published" not in \
