@@ -41,6 +41,27 @@ def _minutes(seconds: float | None) -> str:
     return f"{int(seconds // 60)} min {int(round(seconds % 60))} s"
 
 
+def portable_command(command: str, base: Path | None = None) -> str:
+    """`command` with each absolute path (`/x/y` or `--opt=/x/y`) made relative to `base` (the
+    folder the report is built from): a report is committed and read on other machines, where
+    the recording machine's paths mean nothing, while a path relative to the checkout does."""
+    import os
+    import shlex
+
+    base = Path(base or Path.cwd())
+
+    def rel(token: str) -> str:
+        head, eq, tail = token.partition("=") if token.startswith("--") else ("", "", token)
+        if not tail.startswith("/"):
+            return token
+        return f"{head}{eq}{os.path.relpath(tail, base)}"
+
+    try:
+        return shlex.join(rel(t) for t in shlex.split(command))
+    except ValueError:  # unbalanced quotes: shown as recorded
+        return command
+
+
 def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[str]:
     """Per run: the command that made it, its commit, whether it was deterministic, its data
     files (md5, official or not), package versions, seeds, hardware and wall time."""
@@ -48,7 +69,8 @@ def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[s
     for p in paths:
         meta = read_meta(p)
         name = meta.get("name") or Path(p).name
-        cmd = meta.get("command") or f"(not recorded; the spec is {Path(p).name}/spec.yaml)"
+        cmd = (portable_command(meta["command"]) if meta.get("command")
+               else f"(not recorded; the spec is {Path(p).name}/spec.yaml)")
         det = meta.get("deterministic")
         mode = ("one configuration trained on fixed seeds, no search (`medbench train "
                 "--seeds`); a rerun of the same command at the same commit gives the same "

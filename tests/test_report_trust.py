@@ -161,3 +161,16 @@ def test_a_majority_row_at_or_above_the_published_acc_is_said_and_only_then():
     board = pd.DataFrame([{"kind": "baseline", "test_acc_mean": 0.887}])
     assert "ACC says little on its own" in " ".join(_majority_lines(board, ref))
     assert _majority_lines(board.assign(test_acc_mean=0.768), ref) == []
+
+
+def test_recorded_commands_lose_the_recording_machines_absolute_paths(tmp_path):
+    """A committed report names paths relative to where it was built, never /home/... of the
+    machine that ran it; other tokens (and relative paths) stay as recorded."""
+    from bench.provenance import portable_command
+
+    base = tmp_path / "repo"
+    cmd = (f"medbench train --seeds 1,2 --data-dir {tmp_path}/shared/medmnist "
+           f"--out={tmp_path}/ref/breast --name x runs/y")
+    assert portable_command(cmd, base) == ("medbench train --seeds 1,2 --data-dir "
+                                           "../shared/medmnist --out=../ref/breast --name x runs/y")
+    assert portable_command("medbench run --spec 'a b", base) == "medbench run --spec 'a b"
