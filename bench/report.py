@@ -71,7 +71,7 @@ from bench.leaderboard import (
     summarize,
 )
 from bench.picked import representative_seed  # the seed predict serves, too
-from bench.provenance import reproduce_md, rules_md, statistics_md
+from bench.provenance import portable_command, reproduce_md, rules_md, statistics_md
 from bench.ranks import cd_table, friedman_nemenyi
 from bench.ranks import mean_ranks as mean_ranks  # re-exported: tests and callers read it here
 from bench.results import SELECTION_COLUMNS, write_text
@@ -514,6 +514,8 @@ def _runs_md(paths: list[Path]) -> list[str]:
         out += [f"### {p}", ""]
         for k, v in meta.items():  # nested values (hardware, cluster) as compact JSON
             text = json.dumps(v, default=str) if isinstance(v, dict | list) else str(v)
+            if k == "command" and v:
+                text = portable_command(str(v))
             out.append(f"- {k}: `{text[:300]}`")
         if (p / STUDIES_FILE).is_file():
             out.append(f"- search studies: `{p / STUDIES_FILE}` (one Optuna study per "

@@ -163,7 +163,7 @@ def test_a_majority_row_at_or_above_the_published_acc_is_said_and_only_then():
     assert _majority_lines(board.assign(test_acc_mean=0.768), ref) == []
 
 
-def test_recorded_commands_lose_the_recording_machines_absolute_paths(tmp_path):
+def test_recorded_commands_lose_the_recording_machines_absolute_paths(tmp_path, monkeypatch):
     """A committed report names paths relative to where it was built, never /home/... of the
     machine that ran it; other tokens (and relative paths) stay as recorded."""
     from bench.provenance import portable_command
@@ -174,3 +174,12 @@ def test_recorded_commands_lose_the_recording_machines_absolute_paths(tmp_path):
     assert portable_command(cmd, base) == ("medbench train --seeds 1,2 --data-dir "
                                            "../shared/medmnist --out=../ref/breast --name x runs/y")
     assert portable_command("medbench run --spec 'a b", base) == "medbench run --spec 'a b"
+    from bench.report import _runs_md
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"command": cmd}))
+    base.mkdir()
+    monkeypatch.chdir(base)  # the report is built from the checkout
+    text = "\n".join(_runs_md([run]))
+    assert str(tmp_path) not in text.split("### ", 1)[1].split("\n", 1)[1]
