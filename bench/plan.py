@@ -112,20 +112,44 @@ def _key(family: str, flag: str, size: int, threads: int, device: str) -> str:
     return f"{family}|{i.dims}d{i.n_channels}ch{size}|{threads}t|{device}|mix{CALIBRATION_CONFIGS}"
 
 
+def reference_config() -> dict[str, Any]:
+    """The pipeline reference's one configuration (`Spec.reference_seeds`): the MedMNIST v2
+    recipe, calibrated under its board name so its rate never mixes with a searched ResNet's."""
+    from bench.train import TRAIN_PRESETS
+
+    return {k: v for k, v in TRAIN_PRESETS["official"].items() if k != "epochs"}
+
+
+def reference_jobs(spec: Spec) -> list[dict[str, Any]]:
+    """The pipeline reference's final seeds the run will train (bench.search.reference_jobs):
+    none unless `reference_seeds`; 2D datasets at 28 px only."""
+    from bench.data import dataset_info
+    from bench.search import reference_jobs as jobs
+
+    return jobs(spec, {d: dataset_info(d).n_samples["train"] for d in spec.datasets})
+
+
 def measure(spec: Spec, family: str, flag: str, threads: int, device: str) -> dict[str, float]:
     """Train `family` in each calibration configuration for four epochs of 2 batches of
     synthetic `flag`-shaped data with `threads` torch threads; returns the training images per
     second over them all (the mean seconds per image, each configuration's median warm epoch:
     the first epoch warms up) and of the slowest, the training FLOPs per image (the family's
-    default model) and the typical configuration's batch size (the GPU estimates' step floor)."""
+    default model) and the typical configuration's batch size (the GPU estimates' step floor).
+    `family` REFERENCE_ENTRY: the pipeline reference's recipe, its only configuration."""
     import numpy as np
     import torch
 
     from bench.data import dataset_info, from_arrays, synthetic_arrays
+    from bench.results import REFERENCE_ENTRY
     from bench.train import TrainConfig, fit
 
-    configs = calibration_configs(spec, family)
-    batch = int(typical_config(spec, family).get("batch_size", 128))
+    if family == REFERENCE_ENTRY:
+        recipe = reference_config()
+        family, configs = recipe.pop("model"), [recipe]
+        batch = int(recipe["batch_size"])
+    else:
+        configs = calibration_configs(spec, family)
+        batch = int(typical_config(spec, family).get("batch_size", 128))
     before, np_state = torch.get_num_threads(), np.random.get_state()
     per_image, flops = [], 0.0
     # `fit` seeds torch and numpy: the caller's random streams are put back as they were
@@ -181,7 +205,7 @@ def calibrate(spec: Spec, threads: int, device: str = "cpu", refresh: bool = Fal
     """Training rates of every (family, dataset shape) the spec trains, measured here (cached
     per machine, threads and device; `refresh` measures again). A family that fails to train
     gets `{"error": ...}` instead (not cached): its trials would fail the same way."""
-    from bench.results import write_json
+    from bench.results import REFERENCE_ENTRY, write_json
 
     path = _cache_file()
     try:
@@ -191,7 +215,9 @@ def calibrate(spec: Spec, threads: int, device: str = "cpu", refresh: bool = Fal
     machine = _machine()
     mine = cache.setdefault(machine, {})
     out = {}
-    for flag, family in families or spec.pairs():
+    pairs = families or spec.pairs() + list(dict.fromkeys(
+        (j["dataset"], REFERENCE_ENTRY) for j in reference_jobs(spec)))
+    for flag, family in pairs:
         key = _key(family, flag, spec.size, threads, device)
         if key in mine:
             out[key] = mine[key]
@@ -360,7 +386,30 @@ def plan_dataset(spec: Spec, flag: str, p: Profile, slots: int) -> list[dict[str
                 f, n_train), "trial_images": spec.trial_epochs(f, n_train) * n_train,
              "trials": 0, "reruns": 0, "final_seeds": 0, "search_device_s": 0.0,
              "device_s": 0.0, "images": 0} for f, err in broken.items() if err]
-    return out
+    return out + reference_rows(spec, flag, p)
+
+
+def reference_rows(spec: Spec, flag: str, p: Profile) -> list[dict[str, Any]]:
+    """The pipeline reference's seeds on one dataset (none where it does not train): final
+    seeds of the paper's ResNet-18 recipe, as long as the run trains them, outside any
+    wall-time budget."""
+    from bench.data import dataset_info
+    from bench.results import REFERENCE_ENTRY
+
+    jobs = [j for j in reference_jobs(spec) if j["dataset"] == flag]
+    if not jobs:
+        return []
+    n_train, epochs = dataset_info(flag).n_samples["train"], int(jobs[0]["epochs"])
+    row: dict[str, Any] = {"dataset": flag, "family": REFERENCE_ENTRY, "trial_epochs": epochs,
+                           "trial_images": epochs * n_train, "trials": 0, "reruns": 0,
+                           "final_seeds": len(jobs), "search_device_s": 0.0}
+    error = p.rates[_key(REFERENCE_ENTRY, flag, spec.size, p.threads, p.device)].get("error")
+    if error:
+        return [{**row, "error": error, "final_seeds": 0, "device_s": 0.0, "images": 0}]
+    final_s = _run_s(p, REFERENCE_ENTRY, flag, spec.size, epochs, final=True) * p.held
+    return [{**row, "final_epochs": epochs, "final_s": final_s,
+             "device_s": row["final_seeds"] * final_s,
+             "images": row["final_seeds"] * epochs * n_train}]
 
 
 def detectable_acc(flag: str, size: int = 28) -> dict[str, Any]:

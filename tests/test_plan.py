@@ -132,6 +132,31 @@ def test_budgeted_search_spends_its_share_and_the_rest_follows_plan_rest(fixed_r
         {"mlp": 3, "cnn_small": 5}
 
 
+def test_the_pipeline_reference_is_planned_as_the_seeds_the_run_trains(fixed_rates) -> None:
+    """`--reference` adds the paper's ResNet-18 recipe on final seeds of each 2D 28 px set, for
+    as many images as a full-fidelity trial (10 epochs of 546 here, not max_epochs' 3): the
+    plan prices those seeds too, and says nothing of them at another size."""
+    from bench.results import REFERENCE_ENTRY
+
+    fixed_rates[REFERENCE_ENTRY] = 1e12
+    fidelity = {"trial_images": 5460, "min_epochs": 2, "max_epochs": 100}
+    base = make_plan(_spec(fidelity=fidelity), workers=2)["profiles"]["this machine"]
+    plan = make_plan(_spec(fidelity=fidelity, reference_seeds=3), workers=2)
+    here = plan["profiles"]["this machine"]
+    ref = [r for r in here["rows"] if r["family"] == REFERENCE_ENTRY]
+    n = N_BREAST
+    seed_s = 10 * (n["train"] + n["val"] / 3) / 1000 + 2 * (n["val"] + n["test"]) / 3 / 1000 + 1.5
+    assert [(r["dataset"], r["final_seeds"], r["trial_epochs"]) for r in ref] == \
+        [("breastmnist", 3, 10)]
+    assert ref[0]["device_s"] == pytest.approx(3 * seed_s)
+    assert here["device_s"] == pytest.approx(base["device_s"] + 3 * seed_s)
+    assert here["trials"] == base["trials"]  # seeds, not search trials
+    assert "+ 7 re-runs/final seeds" in planmod.summary_line(plan)  # 2 x 2 finals + 3
+    assert REFERENCE_ENTRY in planmod.format_plan(plan)
+    other = make_plan(_spec(fidelity=fidelity, reference_seeds=3, size=64), workers=2)
+    assert all(r["family"] != REFERENCE_ENTRY for r in other["profiles"]["this machine"]["rows"])
+
+
 def test_detectable_acc_difference_of_a_test_set() -> None:
     from bench.plan import detectable_acc
 
