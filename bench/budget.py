@@ -28,25 +28,38 @@ SEARCH_FRACTION = 0.5
 
 @dataclass(frozen=True)
 class Fidelity:
-    """A spec's `fidelity:` mapping, typed, its defaults declared here and nowhere else: search
-    trials train for a number of images seen (`trial_images`), not epochs, within
-    [min_epochs, max_epochs] epochs; ASHA's first rung is `grace_fraction` of a trial; a final
-    seed trains `final_factor` times a trial's epochs (`final_epochs`). Spec.fidelity keeps
-    the mapping as written (spec.yaml compares it on resume); Spec.fidelity_config reads it."""
+    """How long a trial trains, in one form for every spec. A spec's `fidelity:` mapping
+    (typed here, its defaults declared here and nowhere else): trials train for a number of
+    images seen (`trial_images`), whole epochs within [min_epochs, max_epochs] per dataset;
+    ASHA's first rung is `grace_fraction` of a trial; a final seed trains `final_factor` times
+    a trial's epochs (`final_epochs`). A spec without one trains for its `max_epochs` with
+    ASHA's first rung at `grace_period` epochs: `Fidelity.in_epochs`, the same object with
+    the epochs fixed, so the search, the plan and the final phase read one form (ASHA counts
+    images seen either way: a trial's epoch is its training split, so the rungs fall on the
+    same epochs). Spec.fidelity keeps the mapping as written (spec.yaml compares it on
+    resume); Spec.fidelity_config and Spec.fidelity_of read it."""
 
-    trial_images: float
+    trial_images: float | None = None  # None: `in_epochs`, max_epochs whatever the dataset
     min_epochs: int = 1
     max_epochs: int = 1000
     grace_fraction: float = 1 / 3
     final_factor: float = 1.0
+    grace_period: int | None = None  # `in_epochs`: ASHA's first rung in epochs
+
+    # what a spec's `fidelity:` mapping may set (grace_period is the spec's own key)
+    KEYS = ("trial_images", "min_epochs", "max_epochs", "grace_fraction", "final_factor")
+
+    @classmethod
+    def in_epochs(cls, epochs: int, grace_period: int) -> Fidelity:
+        """A spec without `fidelity:`: every trial trains `epochs` epochs on any dataset."""
+        return cls(None, int(epochs), int(epochs), grace_period=int(grace_period))
 
     @classmethod
     def check(cls, raw: dict[str, Any], where: str) -> None:
         """The mapping's keys and ranges, each with its fix (build_spec, once)."""
         if not raw:
             return
-        keys = set(cls.__dataclass_fields__)
-        if set(raw) - keys or "trial_images" not in raw:
+        if set(raw) - set(cls.KEYS) or "trial_images" not in raw:
             raise UserError(f"{where}: fidelity takes trial_images (required), min_epochs, "
                             f"max_epochs, grace_fraction, final_factor (got {sorted(raw)})")
         f = cls(**raw)
@@ -56,8 +69,17 @@ class Fidelity:
         in_range(f.max_epochs, "fidelity.max_epochs", float(f.min_epochs), 10_000, where)
         in_range(f.grace_fraction, "fidelity.grace_fraction", 0.01, 1, where)
 
+    def epochs(self, n_train: int) -> int:
+        """Epochs of a full trial on a training split of `n_train` images."""
+        if self.trial_images is None:
+            return int(self.max_epochs)
+        return epochs_for(int(self.trial_images), n_train, int(self.min_epochs),
+                          int(self.max_epochs))
+
     def grace_epochs(self, trial_epochs: int) -> int:
         """ASHA's grace period in epochs for a trial of `trial_epochs`."""
+        if self.grace_period is not None:
+            return int(self.grace_period)
         return max(1, round(float(self.grace_fraction) * trial_epochs))
 
 
@@ -76,13 +98,12 @@ def epochs_for(trial_images: int, n_train: int, min_epochs: int = 1,
     return int(min(max_epochs, max(min_epochs, math.ceil(trial_images / n_train))))
 
 
-def final_epochs(trial_epochs: int, fidelity: Fidelity | None) -> int:
+def final_epochs(trial_epochs: int, fidelity: Fidelity) -> int:
     """Epochs of a final seed: `fidelity.final_factor` times a full-fidelity trial's, capped by
-    `fidelity.max_epochs`. A search trial is kept short so that many configurations fit the
-    budget; the chosen configuration is trained `final_seeds` times only, so a longer schedule
-    costs little there (the best-validation epoch is still the one kept and scored)."""
-    if fidelity is None:
-        return trial_epochs
+    `fidelity.max_epochs`, never fewer than the trial's. A search trial is kept short so that
+    many configurations fit the budget; the chosen configuration is trained `final_seeds`
+    times only, so a longer schedule costs little there (the best-validation epoch is still
+    the one kept and scored)."""
     factor, cap = float(fidelity.final_factor), int(fidelity.max_epochs)
     return max(trial_epochs, min(cap, math.ceil(trial_epochs * factor)))
 
@@ -165,7 +186,7 @@ def _is_reference(row: dict) -> bool:
     return bool((row.get("config") or {}).get("entry"))
 
 
-def full_run_costs(trials: list[dict], dataset: str, fidelity: Fidelity | None
+def full_run_costs(trials: list[dict], dataset: str, fidelity: Fidelity
                    ) -> dict[str, dict[str, float]]:
     """Per family of `dataset`: the device-seconds of one selection re-run (a trial's full
     epochs) and of one final seed (`final_epochs` of them), from the search's own trials: the

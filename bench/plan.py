@@ -341,8 +341,7 @@ def plan_dataset(spec: Spec, flag: str, p: Profile, slots: int) -> list[dict[str
         epochs = spec.trial_epochs(f, n_train)
         b = spec.budget(f)
         if spec.scheduler == "asha":
-            fidelity = spec.fidelity_config
-            grace = fidelity.grace_epochs(epochs) if fidelity else b["grace_period"]
+            grace = spec.fidelity_of(f).grace_epochs(epochs)
             search_epochs = asha_epochs(epochs, grace, float(spec.reduction_factor),
                                         None if budgeted else b["num_samples"])
         else:

@@ -171,8 +171,7 @@ def _history(result) -> list[dict]:
 
 
 def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, data_ref: dict,
-                   tracker, board, faults: dict | None = None,
-                   plan: dict | None = None) -> list[dict]:
+                   tracker, board, faults: dict | None, plan: dict) -> list[dict]:
     """Search one (dataset, family) pair with its own Tuner; returns trials.parquet rows.
     `plan` (from `plan_pairs`): the pair's full-fidelity epochs, images per epoch, wall
     limit and start points."""
@@ -185,8 +184,7 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
     validated = spec.spaces()[family]
     space = {k: v.to_tune() for k, v in validated.items()}
     budget = spec.budget(family)
-    plan = plan or {}
-    epochs = int(plan.get("epochs", budget["max_epochs"]))
+    epochs = int(plan["epochs"])
     space.update(dataset=dataset, model=family, size=spec.size, epochs=epochs, seed=0,
                  phase="search", threads=max(1, int(res["cpu"])))
     points = plan.get("start_points") or None
@@ -202,15 +200,12 @@ def run_experiment(spec_dict: dict, dataset: str, family: str, storage: str, dat
         from ray.tune.search import BasicVariantGenerator
 
         searcher = BasicVariantGenerator(points_to_evaluate=points, random_state=0)
-    fidelity = spec.fidelity_config
-    if fidelity:  # rungs counted in training images seen, the same on every dataset
-        per_epoch = int(plan["images_per_epoch"])
-        grace = fidelity.grace_epochs(epochs)
-        asha_kw = {"time_attr": "images_seen", "max_t": epochs * per_epoch,
-                   "grace_period": grace * per_epoch}
-    else:
-        asha_kw = {"max_t": budget["max_epochs"], "grace_period": budget["grace_period"]}
-    scheduler = (ASHAScheduler(reduction_factor=spec.reduction_factor, **asha_kw)
+    # rungs counted in training images seen (an epoch is the training split): the same
+    # amount of learning on every dataset, whichever form the spec's budget takes
+    per_epoch = int(plan["images_per_epoch"])
+    grace = spec.fidelity_of(family).grace_epochs(epochs)
+    scheduler = (ASHAScheduler(reduction_factor=spec.reduction_factor, time_attr="images_seen",
+                               max_t=epochs * per_epoch, grace_period=grace * per_epoch)
                  if spec.scheduler == "asha" else FIFOScheduler())
     # deterministic mode: a fixed trial count and one trial at a time (see Spec.deterministic)
     limits = [] if spec.deterministic else [
@@ -312,8 +307,7 @@ def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict],
     by = seeds_by_dataset or {}
     jobs = []
     for (d, _), cfg in configs.items():
-        epochs = cfg.get("epochs") or spec.budget(cfg["model"])["max_epochs"]
-        epochs = final_epochs(int(epochs), spec.fidelity_config)
+        epochs = final_epochs(int(cfg["epochs"]), spec.fidelity_config)
         jobs += [{**cfg, "seed": spec.final_seed_base + k, "phase": "final", "epochs": epochs}
                  for k in range(by.get(d, spec.final_seeds))]
     return jobs
@@ -322,8 +316,9 @@ def final_jobs(spec: Spec, configs: dict[tuple[str, str], dict],
 def reference_jobs(spec: Spec, n_train: dict[str, int]) -> list[dict]:
     """The pipeline reference (`Spec.reference_seeds`): the MedMNIST v2 recipe on the first
     final seeds of every 2D dataset at 28 px (the size the published ResNet-18 (28) row is
-    for), trained on as many images as a full-fidelity search trial, its learning-rate steps
-    at 50% and 75% of those epochs as in the paper's 100. Without a fidelity: 100 epochs."""
+    for), trained as long as a full-fidelity ResNet-18 trial of the run (`Spec.trial_epochs`:
+    as many images, or the spec's epochs), its learning-rate steps at 50% and 75% of those
+    epochs as in the paper's 100."""
     from bench.data import dataset_info
     from bench.train import TRAIN_PRESETS
 
@@ -334,8 +329,7 @@ def reference_jobs(spec: Spec, n_train: dict[str, int]) -> list[dict]:
     for flag in spec.datasets:
         if dataset_info(flag).dims != 2:
             continue
-        epochs = spec.trial_epochs(recipe["model"], n_train[flag]) if spec.fidelity \
-            else int(recipe["epochs"])
+        epochs = spec.trial_epochs(recipe["model"], n_train[flag])
         jobs += [{**recipe, "dataset": flag, "size": spec.size, "epochs": epochs,
                   "seed": spec.final_seed_base + k, "phase": "final", "entry": REFERENCE_ENTRY}
                  for k in range(int(spec.reference_seeds))]

@@ -305,8 +305,9 @@ class Spec:
     overrides: dict[str, dict] = field(default_factory=dict)  # family -> {param: def}
     budgets: dict[str, dict] = field(default_factory=dict)  # family -> smaller/larger budget
     # Compute budgets (bench/budget.py). `fidelity`: {trial_images, min_epochs, max_epochs,
-    # grace_fraction, final_factor}: trials train for images seen, not epochs (then
-    # max_epochs/grace_period above are unused). `budget_s`: wall seconds per dataset on the
+    # grace_fraction, final_factor}: trials train for images seen (then max_epochs and
+    # grace_period above are unused); without it, for max_epochs on every dataset (both read
+    # through `fidelity_config` / `fidelity_of`). `budget_s`: wall seconds per dataset on the
     # run's resources (search, selection, final). `portfolio`: start configurations per
     # family (bench/portfolio.py). `selection`: {top_k, seeds} re-runs of the best trials
     # before the final phase.
@@ -324,18 +325,31 @@ class Spec:
     fixed_trials: dict[str, int] = field(default_factory=dict)
     # Seeds of the pipeline reference: the MedMNIST v2 recipe (ResNet-18, Adam 1e-3, x0.1 at
     # 50% and 75%, batch 128; bench.train.TRAIN_PRESETS["official"]) trained by this pipeline on
-    # the first `reference_seeds` final seeds of each 2D 28 px dataset, for as many images as a
-    # full-fidelity trial. Never picked; it separates the method from the pipeline when the
-    # board is held against the paper. 0: off.
+    # the first `reference_seeds` final seeds of each 2D 28 px dataset, as long as a full
+    # ResNet-18 trial of the run (`trial_epochs`). Never picked; it separates the method from
+    # the pipeline when the board is held against the paper. 0: off.
     reference_seeds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)
 
     @property
-    def fidelity_config(self) -> Fidelity | None:
-        """`fidelity`, typed (None: trials train for epochs, not images)."""
-        return Fidelity(**self.fidelity) if self.fidelity else None
+    def fidelity_config(self) -> Fidelity:
+        """How long trials train (bench.budget.Fidelity): `fidelity`, typed, else
+        `max_epochs` with ASHA's first rung at `grace_period` (`Fidelity.in_epochs`)."""
+        if self.fidelity:
+            return Fidelity(**self.fidelity)
+        return Fidelity.in_epochs(self.max_epochs, self.grace_period)
+
+    def fidelity_of(self, family: str) -> Fidelity:
+        """`fidelity_config` for one family, its `budgets` over the spec's: trial_images (a
+        3D CNN on a CPU sees fewer images per trial), or max_epochs and grace_period."""
+        if not self.fidelity:
+            b = self.budget(family)
+            return Fidelity.in_epochs(b["max_epochs"], b["grace_period"])
+        images = self.budgets.get(family, {}).get("trial_images")
+        f = self.fidelity_config
+        return dataclasses.replace(f, trial_images=images) if images else f
 
     @property
     def selection_config(self) -> Selection | None:
@@ -355,14 +369,7 @@ class Spec:
 
     def trial_epochs(self, family: str, n_train: int) -> int:
         """Epochs of a full-fidelity trial of `family` on a training split of n_train images."""
-        from bench.budget import epochs_for
-
-        f = self.fidelity_config
-        if f is None:
-            return self.budget(family)["max_epochs"]
-        # a family may see fewer images per trial (a 3D CNN on a CPU: budgets.<family>)
-        images = self.budgets.get(family, {}).get("trial_images", f.trial_images)
-        return epochs_for(int(images), n_train, int(f.min_epochs), int(f.max_epochs))
+        return self.fidelity_of(family).epochs(n_train)
 
     def pairs(self) -> list[tuple[str, str]]:
         """(dataset, family) experiments: 2D families on 2D sets, 3D on 3D."""

@@ -44,11 +44,12 @@ def test_epochs_for_turns_images_into_whole_epochs(images, n_train, lo, hi, want
     (9, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 18),
     (74, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 100),  # capped
     (9, {"trial_images": 1}, 9),                      # no factor: as long as a trial
-    (9, None, 9),                                     # no fidelity at all
+    (9, "epochs", 9),                                 # a spec in epochs: as long as a trial
     (120, {"trial_images": 1, "final_factor": 2, "max_epochs": 100}, 120),  # never shorter
 ])
 def test_final_seeds_train_final_factor_times_a_trial(trial, fidelity, want):
-    assert final_epochs(trial, Fidelity(**fidelity) if fidelity else None) == want
+    f = Fidelity.in_epochs(9, 3) if fidelity == "epochs" else Fidelity(**fidelity)
+    assert final_epochs(trial, f) == want
 
 
 def test_search_phase_is_a_share_of_the_dataset_budget():
@@ -87,7 +88,7 @@ def test_full_run_costs_from_the_median_cost_per_epoch_of_the_dataset_trials():
                            Fidelity(trial_images=1, final_factor=2, max_epochs=100))
     assert costs["cnn_small"] == {"rerun_s": 40.0, "final_s": 80.0}
     assert costs["mlp"] == {"rerun_s": 12.0, "final_s": 24.0}
-    assert full_run_costs(trials, "retinamnist", None) == {}
+    assert full_run_costs(trials, "retinamnist", Fidelity.in_epochs(4, 1)) == {}
 
 
 COSTS = {"cnn_small": {"rerun_s": 40.0, "final_s": 40.0}, "mlp": {"rerun_s": 10.0,

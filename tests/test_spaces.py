@@ -409,3 +409,27 @@ def test_one_precedence_rule_and_none_never_hides_a_layer():
                      num_samples=None, final_seeds=2)
     assert spec.resources["gpu"] == 0.5 and spec.final_seeds == 2
     assert spec.num_samples == load_spec(preset="quick", datasets="breastmnist").num_samples
+
+
+def test_every_spec_reads_one_fidelity_form_with_family_budgets_over_it():
+    """A spec in epochs and a spec in images seen are read through one Fidelity: the trial's
+    epochs, ASHA's first rung and a final seed's epochs per family. A family's `budgets`
+    win over the spec's in both forms (a rule reading the spec's numbers, or the other form's
+    field, gives other epochs here)."""
+    from bench.budget import final_epochs
+
+    epochs = build_spec(tiny(families=["cnn_small", "mlp"], max_epochs=10, grace_period=1,
+                             budgets={"mlp": {"max_epochs": 6, "grace_period": 2}}))
+    for family, n_epochs, grace in (("cnn_small", 10, 1), ("mlp", 6, 2)):
+        f = epochs.fidelity_of(family)
+        assert [epochs.trial_epochs(family, n) for n in (50, 546, 34_581)] == [n_epochs] * 3
+        assert f.grace_epochs(n_epochs) == grace
+        assert final_epochs(n_epochs, epochs.fidelity_config) == n_epochs
+    images = build_spec(tiny(families=["cnn_small", "mlp"], max_epochs=10, grace_period=1,
+                             fidelity={"trial_images": 5460, "max_epochs": 40,
+                                       "grace_fraction": 0.5, "final_factor": 2},
+                             budgets={"mlp": {"trial_images": 1092}}))
+    assert images.trial_epochs("cnn_small", 546) == 10 and images.trial_epochs("mlp", 546) == 2
+    assert images.trial_epochs("cnn_small", 54) == 40  # clamped by fidelity.max_epochs
+    assert images.fidelity_of("cnn_small").grace_epochs(10) == 5
+    assert final_epochs(10, images.fidelity_config) == 20
