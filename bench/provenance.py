@@ -62,6 +62,14 @@ def portable_command(command: str, base: Path | None = None) -> str:
         return command
 
 
+# What a deterministic rerun repeats. Load never changes a deterministic run, but the CPU's
+# floating-point kernels do (oneDNN picks other instructions on another vendor's CPU), and a
+# trial's last digits steer the searcher; reports/README.md gives the measured size of that.
+SAME_HARDWARE = ("a rerun of the same command at the same commit on the same kind of CPU (or "
+                 "GPU) and packages gives the same picks and numbers, however loaded; on other "
+                 "hardware the numbers move within seed noise")
+
+
 def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[str]:
     """Per run: the command that made it, its commit, whether it was deterministic, its data
     files (md5, official or not), package versions, seeds, hardware and wall time."""
@@ -73,12 +81,11 @@ def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[s
                else f"(not recorded; the spec is {Path(p).name}/spec.yaml)")
         det = meta.get("deterministic")
         mode = ("one configuration trained on fixed seeds, no search (`medbench train "
-                "--seeds`); a rerun of the same command at the same commit gives the same "
-                "numbers" if meta.get("mode") == "train"
-                else "deterministic: fixed trial counts, one trial at a time per family; a "
-                "rerun of the same command at the same commit gives the same picks and numbers"
-                if det else "wall-time budget: trial counts follow the machine's speed and "
-                "load, so a rerun can search a different number of trials and pick differently")
+                f"--seeds`); {SAME_HARDWARE}" if meta.get("mode") == "train"
+                else "deterministic: fixed trial counts, one trial at a time per family; "
+                f"{SAME_HARDWARE}" if det else "wall-time budget: trial counts follow the "
+                "machine's speed and load, so a rerun can search a different number of trials "
+                "and pick differently")
         hw = meta.get("hardware") or {}
         cpu = f"{hw.get('cpu_model', '?')}, {hw.get('cpu_count', '?')} cores"
         gpus = hw.get("gpu_models") or []
