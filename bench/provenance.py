@@ -64,10 +64,10 @@ def portable_command(command: str, base: Path | None = None) -> str:
 
 # What a deterministic rerun repeats. Load never changes a deterministic run, but the CPU's
 # floating-point kernels do (oneDNN picks other instructions on another vendor's CPU), and a
-# trial's last digits steer the searcher; reports/README.md gives the measured size of that.
+# trial's last digits steer the searcher and ASHA; reports/README.md measures what that did.
 SAME_HARDWARE = ("a rerun of the same command at the same commit on the same kind of CPU (or "
                  "GPU) and packages gives the same picks and numbers, however loaded; on other "
-                 "hardware the numbers move within seed noise")
+                 "hardware the search can go another way (other trials, numbers, even picks)")
 
 
 def reproduce_md(paths: list[Path], report_command: str | None = None) -> list[str]:
