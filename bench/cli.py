@@ -281,7 +281,7 @@ class ExperimentOptions:
     deterministic: Annotated[bool, typer.Option(
         "--deterministic", help="a fixed number of trials (the preset's fixed_trials), one at a "
                                 "time per family, instead of wall seconds: reruns give the same "
-                                "picks and numbers on any machine")] = False
+                                "picks and numbers on the same kind of CPU/GPU")] = False
     reference: Annotated[bool, typer.Option(
         "--reference", help="also train the MedMNIST v2 ResNet-18 recipe on 3 of the final "
                             "seeds of each 2D 28 px dataset (the pipeline reference row)")] = False
@@ -411,6 +411,8 @@ def plan(
     final_seeds: Annotated[int | None, typer.Option(help="fresh seeds per best config")] = None,
     deterministic: Annotated[bool, typer.Option(
         "--deterministic", help="plan the deterministic mode (fixed trial counts)")] = False,
+    reference: Annotated[bool, typer.Option(
+        "--reference", help="price the pipeline reference's seeds too (as for `run`)")] = False,
     gpus_per_trial: Annotated[float | None, typer.Option(
         help="GPUs per trial where there are GPUs (as for `run`)")] = None,
     workers: Annotated[int | None, typer.Option(
@@ -430,7 +432,8 @@ def plan(
 
     opts = ExperimentOptions(spec_file=spec_file, preset=preset, datasets=datasets,
                              families=families, num_samples=num_samples,
-                             deterministic=deterministic, gpus_per_trial=gpus_per_trial)
+                             deterministic=deterministic, reference=reference,
+                             gpus_per_trial=gpus_per_trial)
     the_plan = make_plan(experiment_spec(opts, final_seeds), workers=workers, refresh=refresh)
     typer.echo(json.dumps(the_plan, indent=2, default=str) if fmt == "json"
                else format_plan(the_plan))

@@ -318,9 +318,10 @@ class Spec:
     distributed: dict[str, int] = field(default_factory=dict)  # family -> Ray Train workers
     # Deterministic mode (`--deterministic`): the search stops on a fixed number of trials
     # (`fixed_trials` per family, else its num_samples), never on wall seconds; each Tuner
-    # runs its trials one after another, so Optuna and ASHA see results in the same order on
-    # any machine; the selection and final phases run as the spec says (no budget cuts).
-    # Picks and numbers then depend on the code, the data and the seeds only, not on load.
+    # runs its trials one after another, so Optuna and ASHA see results in the same order
+    # under any load; the selection and final phases run as the spec says (no budget cuts).
+    # Picks and numbers then depend on the code, the data, the seeds and the kind of CPU/GPU
+    # (its float kernels), not on load.
     deterministic: bool = False
     fixed_trials: dict[str, int] = field(default_factory=dict)
     # Seeds of the pipeline reference: the MedMNIST v2 recipe (ResNet-18, Adam 1e-3, x0.1 at

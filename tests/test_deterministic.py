@@ -2,7 +2,7 @@
 
 Deterministic mode exists so a reader can re-run a report exactly: the search stops on a fixed
 trial count, not on wall seconds, and each family's trials run one after another, so the
-searcher and ASHA see results in the same order on any machine and under any load. The Ray test
+searcher and ASHA see results in the same order under any load. The Ray test
 gives the spec a wall budget so small that the budgeted mode would cut the search short; the
 deterministic mode must ignore it, run the fixed count, and give the same trials, picks and
 numbers twice.

@@ -190,6 +190,23 @@ def test_plan_command_text_and_json(monkeypatch, capsys) -> None:
     assert code == 2 and "--gpus-per-trial 1.5" in err
 
 
+def test_plan_command_prices_the_reference_when_asked(fixed_rates, monkeypatch, capsys) -> None:
+    """`medbench plan --reference` plans what `medbench run --reference` trains: the recipe's
+    seeds on each 2D set; without the flag there are none."""
+    from bench.results import REFERENCE_ENTRY
+
+    fixed_rates[REFERENCE_ENTRY] = 1e12
+    args = ["plan", "--preset", "quick", "--deterministic", "--datasets", "breastmnist",
+            "--format", "json"]
+    seeds = {}
+    for flag in ([], ["--reference"]):
+        code, out, err = run_main(monkeypatch, capsys, *args, *flag)
+        assert code == 0, err
+        rows = json.loads(out)["profiles"]["this machine"]["rows"]
+        seeds[bool(flag)] = [r["final_seeds"] for r in rows if r["family"] == REFERENCE_ENTRY]
+    assert seeds == {False: [], True: [3]}
+
+
 def test_a_family_that_cannot_train_is_named_not_fatal(fixed_rates, monkeypatch) -> None:
     from bench.plan import format_plan, summary_line
 
