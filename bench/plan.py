@@ -539,6 +539,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     m = plan["machine"]
     here = plan["profiles"]["this machine"]
     gpus = [n for n, p in plan["profiles"].items() if p["estimate"]]
+    fw = max([13] + [len(r["family"]) + 1 for r in here["rows"]])  # family column width
     lines = [f"plan for {plan['spec']}: {', '.join(plan['datasets'])} x "
              f"{', '.join(plan['families'])}"
              + (f"; budget {plan['budget_s_per_dataset']:.0f} s wall per dataset"
@@ -546,7 +547,7 @@ def format_plan(plan: dict[str, Any]) -> str:
              f"this machine: {m['cpus']:g} CPU / {m['gpus']:g} GPU, {m['per_trial']}, "
              f"{m['trial_slots']} trial slot(s); {plan['slots']} slot(s) assumed below",
              "",
-             f"{'dataset':<15}{'family':<13}{'images/trial':>13}{'trials':>8}{'re-runs':>8}"
+             f"{'dataset':<15}{'family':<{fw}}{'images/trial':>13}{'trials':>8}{'re-runs':>8}"
              f"{'seeds':>6}{'images':>9}{'device-s':>10}{'up to':>8}"
              + "".join(f"{g + ' GPU-s*':>13}" for g in gpus)]
     est = {g: {(r["dataset"], r["family"]): r for r in plan["profiles"][g]["rows"]}
@@ -554,14 +555,14 @@ def format_plan(plan: dict[str, Any]) -> str:
     for r in here["rows"]:
         k = (r["dataset"], r["family"])
         if r.get("error"):
-            lines.append(f"{r['dataset']:<15}{r['family']:<13}{_n(r['trial_images']):>13}  "
+            lines.append(f"{r['dataset']:<15}{r['family']:<{fw}}{_n(r['trial_images']):>13}  "
                          f"cannot train here: {r['error']}")
             continue
-        lines.append(f"{r['dataset']:<15}{r['family']:<13}{_n(r['trial_images']):>13}"
+        lines.append(f"{r['dataset']:<15}{r['family']:<{fw}}{_n(r['trial_images']):>13}"
                      f"{r['trials']:>8.0f}{r['reruns']:>8}{r['final_seeds']:>6}"
                      f"{_n(r['images']):>9}{r['device_s']:>10,.0f}{r['device_s_high']:>8,.0f}"
                      + "".join(f"{est[g][k]['device_s']:>13,.0f}" for g in gpus))
-    lines.append(f"{'total':<28}{'':>13}{here['trials']:>8.0f}{'':>8}{'':>6}"
+    lines.append(f"{'total':<{15 + fw}}{'':>13}{here['trials']:>8.0f}{'':>8}{'':>6}"
                  f"{_n(sum(r['images'] for r in here['rows'])):>9}{here['device_s']:>10,.0f}"
                  f"{here['device_s_high']:>8,.0f}"
                  + "".join(f"{plan['profiles'][g]['device_s']:>13,.0f}" for g in gpus))
